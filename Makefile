@@ -1,0 +1,50 @@
+# make run: serve the inbox with demo data.  make test: install what tests need, run them all.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FLASK := $(BIN)/flask --app app
+PORT ?= 5000
+# Both databases by default; CHAT_TEST_DATABASES=sqlite narrows it.
+CHAT_TEST_DATABASES ?= sqlite,postgresql
+export CHAT_TEST_DATABASES
+
+.PHONY: run test deps assets chromium services clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+static/vendor/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p static/vendor
+	cp node_modules/htmx.org/dist/htmx.min.js static/vendor/htmx.min.js
+	cp node_modules/socket.io-client/dist/socket.io.min.js static/vendor/socket.io.min.js
+	touch $@
+
+deps: $(BIN)/.installed static/vendor/.installed
+
+run: deps
+	$(FLASK) db upgrade
+	$(FLASK) seed --if-empty
+	@echo "Inbound webhook token: $$($(FLASK) inbound-token)"
+	@echo "Serving the inbox on http://127.0.0.1:$(PORT)"
+	$(BIN)/gunicorn --worker-class gthread --workers 1 --threads 100 \
+		--bind 127.0.0.1:$(PORT) --access-logfile - app:app
+
+# Debian's chromium for the browser tests (Playwright drives it; it never downloads a browser).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# Start the machine's PostgreSQL and Redis when they are not running.
+services:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || { pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start && sleep 2; }
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /tmp
+
+test: deps chromium services
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) node_modules static/vendor

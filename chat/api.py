@@ -1,0 +1,126 @@
+"""JSON API for integrations (per-agent bearer tokens) and the inbound webhook."""
+from __future__ import annotations
+
+import hmac
+from functools import wraps
+
+from flask import Blueprint, current_app, g, jsonify, request
+from sqlalchemy import select
+
+from . import domain, queries
+from .errors import DomainError, InvalidInput
+from .extensions import db
+from .models import User, hash_token
+from .visibility import get_visible_conversation
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+def json_error(message: str, status: int):
+    return jsonify({"error": message}), status
+
+
+def ok(data, status: int = 200, **extra):
+    """The API's one success shape: {"data": ..., "cached": bool} plus paging cursors."""
+    return jsonify({"data": data, **extra, "cached": False}), status
+
+
+@bp.errorhandler(DomainError)
+def domain_error(error: DomainError):
+    return json_error(error.message, error.status)
+
+
+def _bearer() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def agent_required(view):
+    """Authenticate by the agent's API token; the session cookie is never accepted here."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        token = _bearer()
+        if token is None:
+            return json_error("missing bearer token", 401)
+        user = db.session.scalar(select(User).where(User.api_token_hash == hash_token(token)))
+        if user is None or not user.active:
+            return json_error("invalid token", 401)
+        g.agent = user
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def _json_body() -> dict:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return data
+
+
+@bp.get("/conversations")
+@agent_required
+def conversations():
+    tab = request.args.get("status", "pending")
+    if tab not in queries.TABS:
+        return json_error(f"status must be one of {', '.join(queries.TABS)}", 400)
+    page = queries.list_conversations(
+        g.agent, tab, request.args.get("department", type=int), request.args.get("q", ""),
+        request.args.get("cursor"),
+    )
+    return ok(page["items"], next_cursor=page["next_cursor"])
+
+
+@bp.get("/conversations/<int:conversation_id>/messages")
+@agent_required
+def messages(conversation_id: int):
+    get_visible_conversation(g.agent, conversation_id)
+    before = request.args.get("before")
+    if before is not None and not before.isdigit():
+        return json_error("before must be a message id", 400)
+    page = queries.conversation_messages(conversation_id, int(before) if before else None)
+    return ok(page["items"], older_cursor=page["older_cursor"])
+
+
+@bp.post("/conversations/<int:conversation_id>/messages")
+@agent_required
+def reply(conversation_id: int):
+    message = domain.send_reply(conversation_id, g.agent, _json_body().get("body"))
+    return ok(queries.message_dict(message), 201)
+
+
+@bp.post("/conversations/<int:conversation_id>/accept")
+@agent_required
+def accept(conversation_id: int):
+    conversation = domain.accept_conversation(conversation_id, g.agent)
+    return ok(queries.conversation_summary(conversation))
+
+
+@bp.post("/conversations/<int:conversation_id>/close")
+@agent_required
+def close(conversation_id: int):
+    conversation = domain.close_conversation(conversation_id, g.agent)
+    return ok(queries.conversation_summary(conversation))
+
+
+@bp.post("/inbound")
+def inbound():
+    """A contact's message from the messaging provider; retried deliveries are stored once."""
+    token = _bearer()
+    expected = current_app.config["INBOUND_TOKEN"]
+    if token is None:
+        return json_error("missing bearer token", 401)
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        return json_error("invalid token", 401)
+    data = _json_body()
+    result = domain.receive_inbound(
+        phone=data.get("phone"),
+        body=data.get("body"),
+        name=data.get("name"),
+        external_id=data.get("external_id"),
+        avatar_url=data.get("avatar_url"),
+    )
+    payload = {"conversation_id": result.conversation_id, "message_id": result.message_id}
+    return ok(payload, 201 if result.created else 200)

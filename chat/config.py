@@ -1,0 +1,26 @@
+"""Settings read from the environment with safe defaults; tests pass a mapping instead."""
+import os
+
+
+class Config:
+    SECRET_KEY = os.environ.get("SECRET_KEY")  # None: the factory loads or creates one in instance/
+    SQLALCHEMY_DATABASE_URI = os.environ.get("DATABASE_URL")  # None: SQLite in instance/
+    SQLALCHEMY_ENGINE_OPTIONS: dict = {"pool_pre_ping": True}
+    INBOUND_TOKEN = os.environ.get("INBOUND_TOKEN")  # None: generated once into instance/
+    REDIS_URL = os.environ.get("REDIS_URL")
+    PAGE_SIZE = 50
+    MESSAGE_PAGE_SIZE = 50
+    MAX_BODY_LENGTH = 4096
+    WTF_CSRF_TIME_LIMIT = None  # a tab left open all day must still be able to reply
+    WTF_CSRF_SSL_STRICT = False
+    SESSION_COOKIE_SAMESITE = "Lax"
+    SESSION_COOKIE_HTTPONLY = True
+    REMEMBER_COOKIE_HTTPONLY = True
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the usual postgres:// spellings and use the psycopg 3 driver for them."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url

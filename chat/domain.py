@@ -1,0 +1,266 @@
+"""What happens to conversations: receive, accept, reply, close, transfer, mark read.
+
+Each function validates, changes rows and commits. None of them knows about HTTP, the
+cache or sockets: what a commit changed is enough for the layers above to react.
+State changes are conditional UPDATEs, so two agents racing cannot both win.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from flask import current_app
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from .errors import Conflict, InvalidInput
+from .extensions import db
+from .models import (
+    ACTIVE,
+    CLOSED,
+    PENDING,
+    Contact,
+    Conversation,
+    Department,
+    Message,
+    User,
+    utcnow,
+)
+from .visibility import get_visible_conversation
+
+PHONE_RE = re.compile(r"^\+?\d{5,20}$")
+
+
+@dataclass(frozen=True)
+class InboundResult:
+    conversation_id: int
+    message_id: int
+    created: bool
+
+
+def clean_body(body: object) -> str:
+    """A message body: a non-blank string no longer than MAX_BODY_LENGTH."""
+    if not isinstance(body, str) or not body.strip():
+        raise InvalidInput("message body must not be empty")
+    limit = current_app.config["MAX_BODY_LENGTH"]
+    if len(body) > limit:
+        raise InvalidInput(f"message body must be at most {limit} characters")
+    return body.strip()
+
+
+def clean_phone(phone: object) -> str:
+    if not isinstance(phone, str):
+        raise InvalidInput("phone is required")
+    digits = re.sub(r"[\s\-().]", "", phone)
+    if not PHONE_RE.match(digits):
+        raise InvalidInput("phone must be 5 to 20 digits, optionally starting with +")
+    return digits
+
+
+def _conditional_update(conversation_id: int, where: tuple, values: dict, conflict: str) -> None:
+    """UPDATE ... WHERE <expected state>; nobody else's change can be overwritten."""
+    result = db.session.execute(
+        update(Conversation)
+        .where(Conversation.id == conversation_id, *where)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        db.session.rollback()
+        raise Conflict(conflict)
+
+
+def receive_inbound(
+    phone: object,
+    body: object,
+    name: object = None,
+    external_id: object = None,
+    avatar_url: object = None,
+) -> InboundResult:
+    """Store a contact's message, opening or reopening its conversation as pending.
+
+    The same external_id twice stores one message: webhooks are retried.
+    """
+    phone = clean_phone(phone)
+    body = clean_body(body)
+    if name is not None and (not isinstance(name, str) or len(name) > 120):
+        raise InvalidInput("name must be a string of at most 120 characters")
+    if external_id is not None and (not isinstance(external_id, str) or not external_id or len(external_id) > 255):
+        raise InvalidInput("external_id must be a non-empty string of at most 255 characters")
+    if avatar_url is not None and (not isinstance(avatar_url, str) or len(avatar_url) > 500):
+        raise InvalidInput("avatar_url must be a string of at most 500 characters")
+    name = (name or "").strip() or phone
+
+    for attempt in range(3):
+        existing = _by_external_id(external_id)
+        if existing:
+            return existing
+        try:
+            return _store_inbound(phone, body, name, external_id, avatar_url)
+        except IntegrityError:
+            # A concurrent delivery of the same message or contact won the insert; look again.
+            db.session.rollback()
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _by_external_id(external_id: str | None) -> InboundResult | None:
+    if external_id is None:
+        return None
+    row = db.session.execute(
+        select(Message.id, Message.conversation_id).where(Message.external_id == external_id)
+    ).first()
+    return InboundResult(row.conversation_id, row.id, created=False) if row else None
+
+
+def _store_inbound(phone, body, name, external_id, avatar_url) -> InboundResult:
+    now = utcnow()
+    contact = db.session.scalar(select(Contact).where(Contact.phone == phone))
+    if contact is None:
+        contact = Contact(phone=phone, name=name, avatar_url=avatar_url)
+        db.session.add(contact)
+        db.session.flush()
+    else:
+        if name != phone and contact.name != name:
+            contact.name = name
+        if avatar_url and contact.avatar_url != avatar_url:
+            contact.avatar_url = avatar_url
+
+    conversation = db.session.scalar(
+        select(Conversation)
+        .where(Conversation.contact_id == contact.id)
+        .order_by(Conversation.id.desc())
+        .limit(1)
+    )
+    if conversation is None:
+        conversation = Conversation(contact_id=contact.id, status=PENDING, unread_count=0)
+        db.session.add(conversation)
+    elif conversation.status == CLOSED:
+        conversation.status = PENDING
+        conversation.user_id = None
+        conversation.unread_count = 0
+    conversation.unread_count = (conversation.unread_count or 0) + 1
+    conversation.last_message_at = now
+    conversation.last_message_body = body
+    db.session.flush()
+
+    message = Message(
+        conversation_id=conversation.id,
+        body=body,
+        from_me=False,
+        external_id=external_id,
+        created_at=now,
+    )
+    db.session.add(message)
+    db.session.commit()
+    return InboundResult(conversation.id, message.id, created=True)
+
+
+def accept_conversation(conversation_id: int, agent: User) -> Conversation:
+    """Assign a pending conversation to the agent; 409 when someone else was faster."""
+    get_visible_conversation(agent, conversation_id)
+    _conditional_update(
+        conversation_id,
+        (Conversation.status == PENDING,),
+        {"status": ACTIVE, "user_id": agent.id},
+        "conversation is no longer pending",
+    )
+    db.session.commit()
+    return db.session.get(Conversation, conversation_id)
+
+
+def send_reply(conversation_id: int, agent: User, body: object) -> Message:
+    """Store the agent's reply on an active conversation they handle."""
+    body = clean_body(body)
+    conversation = get_visible_conversation(agent, conversation_id)
+    if conversation.status == PENDING:
+        raise Conflict("accept the conversation before replying")
+    if conversation.status == CLOSED:
+        raise Conflict("conversation is closed")
+    now = utcnow()
+    where = [Conversation.status == ACTIVE]
+    if not agent.is_admin:
+        where.append(Conversation.user_id == agent.id)
+    _conditional_update(
+        conversation_id,
+        tuple(where),
+        {"last_message_at": now, "last_message_body": body},
+        "conversation is no longer active",
+    )
+    message = Message(
+        conversation_id=conversation_id, body=body, from_me=True, user_id=agent.id, created_at=now
+    )
+    db.session.add(message)
+    db.session.commit()
+    return message
+
+
+def close_conversation(conversation_id: int, agent: User) -> Conversation:
+    conversation = get_visible_conversation(agent, conversation_id)
+    if conversation.status != ACTIVE:
+        raise Conflict(f"only an active conversation can be closed (this one is {conversation.status})")
+    where = [Conversation.status == ACTIVE]
+    if not agent.is_admin:
+        where.append(Conversation.user_id == agent.id)
+    _conditional_update(
+        conversation_id, tuple(where), {"status": CLOSED, "unread_count": 0},
+        "conversation is no longer active",
+    )
+    db.session.commit()
+    return db.session.get(Conversation, conversation_id)
+
+
+def transfer_conversation(
+    conversation_id: int,
+    agent: User,
+    to_user_id: int | None = None,
+    to_department_id: int | None = None,
+) -> Conversation:
+    """Hand a conversation to another agent (stays active) or to a department's queue (pending)."""
+    if to_user_id is None and to_department_id is None:
+        raise InvalidInput("choose an agent or a department to transfer to")
+    conversation = get_visible_conversation(agent, conversation_id)
+    if conversation.status == CLOSED:
+        raise Conflict("a closed conversation cannot be transferred")
+    values: dict = {}
+    if to_department_id is not None:
+        if db.session.get(Department, to_department_id) is None:
+            raise InvalidInput("unknown department")
+        values["department_id"] = to_department_id
+    if to_user_id is not None:
+        target = db.session.get(User, to_user_id)
+        if target is None or not target.active:
+            raise InvalidInput("unknown agent")
+        values.update(status=ACTIVE, user_id=to_user_id)
+    else:
+        values.update(status=PENDING, user_id=None)
+    _conditional_update(
+        conversation_id,
+        (Conversation.status == conversation.status, _same_assignee(conversation.user_id)),
+        values,
+        "conversation changed meanwhile; reload and try again",
+    )
+    db.session.commit()
+    return db.session.get(Conversation, conversation_id)
+
+
+def _same_assignee(user_id: int | None):
+    return Conversation.user_id.is_(None) if user_id is None else Conversation.user_id == user_id
+
+
+def mark_read(conversation_id: int, agent: User) -> None:
+    """Opening a conversation as its assigned agent clears its unread count."""
+    result = db.session.execute(
+        update(Conversation)
+        .where(
+            Conversation.id == conversation_id,
+            Conversation.user_id == agent.id,
+            Conversation.unread_count > 0,
+        )
+        .values(unread_count=0)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount:
+        db.session.commit()
+

@@ -1,0 +1,176 @@
+"""The inbox's tables: agents, departments, contacts, conversations, messages and slow-changing data."""
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timezone
+
+from flask_login import UserMixin
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from .extensions import db
+
+PENDING, ACTIVE, CLOSED = "pending", "active", "closed"
+STATUSES = (PENDING, ACTIVE, CLOSED)
+ROLES = ("admin", "agent")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+user_departments = Table(
+    "user_departments",
+    db.metadata,
+    Column("user_id", ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("department_id", ForeignKey("departments.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+class Department(db.Model):
+    __tablename__ = "departments"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(80), unique=True)
+    color: Mapped[str] = mapped_column(String(7), default="#64748b")
+
+    agents: Mapped[list["User"]] = relationship(
+        secondary=user_departments, back_populates="departments", order_by="User.name"
+    )
+
+
+class User(UserMixin, db.Model):
+    """An agent who logs in; admins see and manage everything."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    name: Mapped[str] = mapped_column(String(120))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16), default="agent")
+    api_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    departments: Mapped[list[Department]] = relationship(
+        secondary=user_departments, back_populates="agents", order_by="Department.name"
+    )
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def is_active(self) -> bool:  # Flask-Login refuses inactive accounts
+        return self.active
+
+    @property
+    def department_ids(self) -> list[int]:
+        return sorted(d.id for d in self.departments)
+
+    def set_password(self, password: str) -> None:
+        self.password_hash = generate_password_hash(password)
+
+    def check_password(self, password: str) -> bool:
+        return check_password_hash(self.password_hash, password)
+
+    def issue_api_token(self) -> str:
+        """Make a new API token, keep only its hash, and return it (shown once)."""
+        token = secrets.token_urlsafe(32)
+        self.api_token_hash = hash_token(token)
+        return token
+
+
+class Contact(db.Model):
+    __tablename__ = "contacts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(120))
+    phone: Mapped[str] = mapped_column(String(32), unique=True)
+    avatar_url: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_contacts_name", "name"),)
+
+
+class Conversation(db.Model):
+    """One thread with a contact; pending until an agent accepts it, active, then closed."""
+
+    __tablename__ = "conversations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    department_id: Mapped[int | None] = mapped_column(
+        ForeignKey("departments.id", ondelete="SET NULL")
+    )
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    last_message_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_message_body: Mapped[str] = mapped_column(Text, default="")
+    unread_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    contact: Mapped[Contact] = relationship(lazy="joined", innerjoin=True)
+    user: Mapped[User | None] = relationship(lazy="joined")
+    department: Mapped[Department | None] = relationship(lazy="joined")
+
+    __table_args__ = (
+        # Each list query filters on one of these and orders by recency.
+        Index("ix_conversations_status_recent", "status", "last_message_at", "id"),
+        Index("ix_conversations_user_status_recent", "user_id", "status", "last_message_at"),
+        Index("ix_conversations_dept_status_recent", "department_id", "status", "last_message_at"),
+        Index("ix_conversations_recent", "last_message_at", "id"),
+        Index("ix_conversations_contact", "contact_id"),
+    )
+
+
+class Message(db.Model):
+    __tablename__ = "messages"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE")
+    )
+    body: Mapped[str] = mapped_column(Text)
+    from_me: Mapped[bool] = mapped_column(Boolean, default=False)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    external_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    sender: Mapped[User | None] = relationship(lazy="joined")
+
+    __table_args__ = (Index("ix_messages_conversation_id", "conversation_id", "id"),)
+
+
+class Tag(db.Model):
+    __tablename__ = "tags"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(60), unique=True)
+    color: Mapped[str] = mapped_column(String(7), default="#0ea5e9")
+
+
+class QuickReply(db.Model):
+    """A reply template an agent can insert into the reply box."""
+
+    __tablename__ = "quick_replies"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    shortcut: Mapped[str] = mapped_column(String(40), unique=True)
+    body: Mapped[str] = mapped_column(Text)
+
+
+class Setting(db.Model):
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,234 @@
+"""Read side: the lists and fragments the inbox shows, as plain, cacheable data.
+
+Every function returns dicts and lists (never ORM objects), so a cache layer can store
+the result as it is and a template renders the same thing from a hit or a miss.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask import current_app
+from sqlalchemy import and_, case, func, or_, select
+
+from .extensions import db
+from .models import ACTIVE, CLOSED, PENDING, Contact, Conversation, Department, Message, User
+from .visibility import tab_filter, visible_to
+
+TABS = ("pending", "mine", "closed", "all")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") + "Z" if value else None
+
+
+def conversation_summary(c: Conversation) -> dict:
+    return {
+        "id": c.id,
+        "status": c.status,
+        "contact": {
+            "id": c.contact.id,
+            "name": c.contact.name,
+            "phone": c.contact.phone,
+            "avatar_url": c.contact.avatar_url,
+        },
+        "user": {"id": c.user.id, "name": c.user.name} if c.user else None,
+        "department": (
+            {"id": c.department.id, "name": c.department.name, "color": c.department.color}
+            if c.department
+            else None
+        ),
+        "last_message": c.last_message_body,
+        "last_message_at": _iso(c.last_message_at),
+        "unread_count": c.unread_count,
+    }
+
+
+def encode_cursor(conversation: Conversation) -> str:
+    """Full precision: rows written in the same second must not fall between pages."""
+    return f"{conversation.last_message_at.isoformat()}_{conversation.id}"
+
+
+def decode_cursor(cursor: str | None) -> tuple[datetime, int] | None:
+    """A cursor is '<last_message_at>_<id>' of the last row shown; garbage means 'first page'."""
+    if not cursor:
+        return None
+    try:
+        stamp, ident = cursor.rsplit("_", 1)
+        return datetime.fromisoformat(stamp.rstrip("Z")), int(ident)
+    except ValueError:
+        return None
+
+
+def list_conversations(
+    viewer: User,
+    tab: str,
+    department_id: int | None = None,
+    q: str = "",
+    cursor: str | None = None,
+) -> dict:
+    """One page of the viewer's conversations in a tab, newest first, with the next cursor."""
+    size = current_app.config["PAGE_SIZE"]
+    stmt = (
+        select(Conversation)
+        .where(visible_to(viewer), tab_filter(viewer, tab))
+        .order_by(Conversation.last_message_at.desc(), Conversation.id.desc())
+        .limit(size + 1)
+    )
+    if department_id is not None:
+        stmt = stmt.where(Conversation.department_id == department_id)
+    q = (q or "").strip()
+    if q:
+        like = f"%{q.lower()}%"
+        stmt = stmt.join(Conversation.contact).where(
+            or_(func.lower(Contact.name).like(like), Contact.phone.like(f"%{q}%"))
+        )
+    after = decode_cursor(cursor)
+    if after:
+        stamp, ident = after
+        stmt = stmt.where(
+            or_(
+                Conversation.last_message_at < stamp,
+                and_(Conversation.last_message_at == stamp, Conversation.id < ident),
+            )
+        )
+    rows = db.session.scalars(stmt).unique().all()
+    items = [conversation_summary(c) for c in rows[:size]]
+    next_cursor = encode_cursor(rows[size - 1]) if len(rows) > size else None
+    return {"items": items, "next_cursor": next_cursor}
+
+
+def message_dict(m: Message) -> dict:
+    return {
+        "id": m.id,
+        "body": m.body,
+        "from_me": m.from_me,
+        "sender": m.sender.name if m.sender else None,
+        "created_at": _iso(m.created_at),
+    }
+
+
+def conversation_messages(conversation_id: int, before: int | None = None) -> dict:
+    """The newest page of messages (or those older than `before`), oldest first."""
+    size = current_app.config["MESSAGE_PAGE_SIZE"]
+    stmt = (
+        select(Message)
+        .where(Message.conversation_id == conversation_id)
+        .order_by(Message.id.desc())
+        .limit(size + 1)
+    )
+    if before is not None:
+        stmt = stmt.where(Message.id < before)
+    rows = db.session.scalars(stmt).unique().all()
+    page = list(reversed(rows[:size]))
+    return {
+        "items": [message_dict(m) for m in page],
+        "older_cursor": page[0].id if len(rows) > size and page else None,
+    }
+
+
+def conversation_detail(conversation: Conversation) -> dict:
+    return conversation_summary(conversation)
+
+
+def tab_counts(viewer: User) -> dict:
+    """How many conversations the viewer sees in each tab (the badges next to the tabs)."""
+    visible = visible_to(viewer)
+    rows = db.session.execute(
+        select(Conversation.status, Conversation.user_id, func.count())
+        .where(visible)
+        .group_by(Conversation.status, Conversation.user_id)
+    ).all()
+    counts = {"pending": 0, "mine": 0, "closed": 0, "all": 0}
+    for status, user_id, n in rows:
+        counts["all"] += n
+        if status == PENDING:
+            counts["pending"] += n
+        elif status == CLOSED:
+            counts["closed"] += n
+        elif status == ACTIVE and user_id == viewer.id:
+            counts["mine"] += n
+    return counts
+
+
+def dashboard(viewer: User) -> dict:
+    """Counts by status, by agent and by department over what the viewer can see."""
+    visible = visible_to(viewer)
+    by_status = dict.fromkeys((PENDING, ACTIVE, CLOSED), 0)
+    for status, n in db.session.execute(
+        select(Conversation.status, func.count()).where(visible).group_by(Conversation.status)
+    ):
+        by_status[status] = n
+    by_agent = [
+        {"name": name or "Unassigned", "active": active or 0, "closed": closed or 0}
+        for name, active, closed in db.session.execute(
+            select(
+                User.name,
+                func.sum(case((Conversation.status == ACTIVE, 1), else_=0)),
+                func.sum(case((Conversation.status == CLOSED, 1), else_=0)),
+            )
+            .select_from(Conversation)
+            .outerjoin(User, Conversation.user_id == User.id)
+            .where(visible, Conversation.status != PENDING)
+            .group_by(User.name)
+            .order_by(User.name)
+        )
+    ]
+    by_department = [
+        {"name": name or "No department", "color": color or "#94a3b8", "pending": p or 0,
+         "active": a or 0, "closed": c or 0}
+        for name, color, p, a, c in db.session.execute(
+            select(
+                Department.name,
+                Department.color,
+                func.sum(case((Conversation.status == PENDING, 1), else_=0)),
+                func.sum(case((Conversation.status == ACTIVE, 1), else_=0)),
+                func.sum(case((Conversation.status == CLOSED, 1), else_=0)),
+            )
+            .select_from(Conversation)
+            .outerjoin(Department, Conversation.department_id == Department.id)
+            .where(visible)
+            .group_by(Department.name, Department.color)
+            .order_by(Department.name)
+        )
+    ]
+    return {"by_status": by_status, "by_agent": by_agent, "by_department": by_department}
+
+
+def list_contacts(q: str = "", page: int = 1) -> dict:
+    size = current_app.config["PAGE_SIZE"]
+    stmt = select(Contact).order_by(Contact.name, Contact.id)
+    q = (q or "").strip()
+    if q:
+        stmt = stmt.where(
+            or_(func.lower(Contact.name).like(f"%{q.lower()}%"), Contact.phone.like(f"%{q}%"))
+        )
+    rows = db.session.scalars(stmt.offset((page - 1) * size).limit(size + 1)).all()
+    return {
+        "items": [
+            {"id": c.id, "name": c.name, "phone": c.phone, "avatar_url": c.avatar_url}
+            for c in rows[:size]
+        ],
+        "next_page": page + 1 if len(rows) > size else None,
+    }
+
+
+def departments() -> list[dict]:
+    return [
+        {"id": d.id, "name": d.name, "color": d.color}
+        for d in db.session.scalars(select(Department).order_by(Department.name))
+    ]
+
+
+def agents() -> list[dict]:
+    return [
+        {
+            "id": u.id,
+            "name": u.name,
+            "email": u.email,
+            "role": u.role,
+            "active": u.active,
+            "departments": [d.name for d in u.departments],
+            "department_ids": [d.id for d in u.departments],
+        }
+        for u in db.session.scalars(select(User).order_by(User.name))
+    ]

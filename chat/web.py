@@ -1,0 +1,81 @@
+"""What every HTML page shares: error pages, template filters and the htmx helpers."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask import Flask, render_template, request
+from flask_wtf.csrf import CSRFError
+from markupsafe import Markup
+from werkzeug.exceptions import HTTPException
+
+from .errors import DomainError
+
+
+def is_fragment_request() -> bool:
+    """htmx asked for a part of the page (not a boosted full-page navigation)."""
+    return request.headers.get("HX-Request") == "true" and request.headers.get("HX-Boosted") != "true"
+
+
+def wants_json() -> bool:
+    return request.path.startswith("/api/")
+
+
+def init_app(app: Flask) -> None:
+    app.add_template_filter(_time_tag, "time")
+    app.add_template_filter(_initials, "initials")
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        # Routing errors never reach a blueprint's handlers; keep the API's answers JSON.
+        if wants_json():
+            from .api import json_error
+
+            return json_error((error.name or "error").lower(), error.code or 500)
+        return error
+
+    @app.errorhandler(404)
+    def not_found(error):
+        if wants_json():
+            return http_error(error)
+        return _error_page(404, "Not found", "That page or conversation does not exist, or you cannot see it.")
+
+    @app.errorhandler(403)
+    def forbidden(_error):
+        return _error_page(403, "Not allowed", "Only admins can open this page.")
+
+    @app.errorhandler(CSRFError)
+    def csrf_failed(error):
+        return _error_page(400, "Form expired", f"{error.description} Reload the page and try again.")
+
+    @app.errorhandler(DomainError)
+    def domain_error(error: DomainError):
+        return _error_page(error.status, "Could not do that", error.message)
+
+    @app.after_request
+    def security_headers(response):
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
+
+
+def _error_page(status: int, title: str, message: str):
+    if wants_json():
+        from .api import json_error
+
+        return json_error(message, status)
+    template = "_error.html" if is_fragment_request() else "error.html"
+    return render_template(template, status=status, title=title, message=message), status
+
+
+def _time_tag(iso: str | None) -> Markup:
+    """A <time> the browser shows in local time; the server's UTC text is the fallback."""
+    if not iso:
+        return Markup("")
+    stamp = datetime.fromisoformat(iso.rstrip("Z"))
+    return Markup('<time datetime="{0}">{1}</time>').format(iso, stamp.strftime("%d %b %H:%M"))
+
+
+def _initials(name: str | None) -> str:
+    parts = (name or "?").split()
+    return "".join(p[0] for p in parts[:2]).upper() or "?"

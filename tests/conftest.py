@@ -1,0 +1,214 @@
+"""Fixtures: an app on each real database, a known little world, and signed-in clients.
+
+CHAT_TEST_DATABASES (comma separated: sqlite, postgresql) picks the databases every test
+runs on. PostgreSQL tests create and drop a throwaway database; with CI=true a missing
+server fails them instead of skipping.
+"""
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import pytest
+from sqlalchemy import text
+from werkzeug.security import generate_password_hash
+
+from chat import create_app
+from chat.extensions import db
+from chat.models import (
+    ACTIVE, CLOSED, PENDING, Contact, Conversation, Department, Message, QuickReply, User,
+)
+
+DATABASES = [d.strip() for d in os.environ.get("CHAT_TEST_DATABASES", "sqlite").split(",") if d.strip()]
+PG_ADMIN_URL = os.environ.get("CHAT_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+PASSWORD = "demo-pass"
+# A cheap hash keeps fixtures fast; the app itself uses Werkzeug's default (scrypt).
+PASSWORD_HASH = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")
+INBOUND_TOKEN = "inbound-test-token"
+
+
+def _unavailable(reason: str):
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: tests must not skip)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL database for this test session, dropped at the end."""
+    import psycopg
+
+    name = f"chat_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        _unavailable(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    raise ValueError(f"unknown test database {request.param!r}")
+
+
+def make_config(database_url: str, **extra) -> dict:
+    return {
+        "TESTING": True,
+        "SECRET_KEY": "test-secret",
+        "INBOUND_TOKEN": INBOUND_TOKEN,
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        **extra,
+    }
+
+
+@pytest.fixture
+def app(database_url):
+    app = create_app(make_config(database_url))
+    with app.app_context():
+        db.create_all()
+    yield app
+    with app.app_context():
+        db.session.remove()
+        if db.engine.dialect.name == "postgresql":
+            tables = ", ".join(f'"{t.name}"' for t in db.metadata.sorted_tables)
+            with db.engine.begin() as conn:
+                conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+def make_user(email: str, name: str, role: str = "agent", departments=()) -> User:
+    user = User(email=email, name=name, role=role, password_hash=PASSWORD_HASH)
+    user.departments = list(departments)
+    db.session.add(user)
+    return user
+
+
+def make_conversation(phone: str, name: str, status: str, department=None, user=None,
+                      messages=("Hello",), unread: int = 0) -> Conversation:
+    contact = Contact(name=name, phone=phone)
+    conversation = Conversation(contact=contact, status=status, department=department, user=user,
+                                unread_count=unread, last_message_body=messages[-1] if messages else "")
+    db.session.add(conversation)
+    db.session.flush()
+    for body in messages:
+        db.session.add(Message(conversation_id=conversation.id, body=body, from_me=False))
+    return conversation
+
+
+@pytest.fixture
+def world(app):
+    """Departments, agents and one conversation in each interesting state, by name.
+
+    support: ana, bruno · sales: ana · billing: carla · admin sees everything.
+    """
+    with app.app_context():
+        support = Department(name="Support", color="#16a34a")
+        sales = Department(name="Sales", color="#2563eb")
+        billing = Department(name="Billing", color="#d97706")
+        db.session.add_all([support, sales, billing])
+        admin = make_user("admin@example.com", "Alex Admin", "admin")
+        ana = make_user("ana@example.com", "Ana Costa", "agent", [support, sales])
+        bruno = make_user("bruno@example.com", "Bruno Lima", "agent", [support])
+        carla = make_user("carla@example.com", "Carla Dias", "agent", [billing])
+        db.session.flush()
+        convs = {
+            "pending_support": make_conversation("+551100000001", "Paula Pending", PENDING, support),
+            "pending_sales": make_conversation("+551100000002", "Sam Sales", PENDING, sales),
+            "pending_billing": make_conversation("+551100000003", "Bill Billing", PENDING, billing),
+            "pending_nodept": make_conversation("+551100000004", "Nora Nodept", PENDING),
+            "active_ana": make_conversation("+551100000005", "Andre Active", ACTIVE, support, ana, unread=2),
+            "active_bruno": make_conversation("+551100000006", "Bea Bruno", ACTIVE, support, bruno),
+            "closed_ana": make_conversation("+551100000007", "Carlos Closed", CLOSED, support, ana),
+        }
+        db.session.add(QuickReply(shortcut="hello", body="Hello! How can I help?"))
+        db.session.commit()
+        return SimpleNamespace(
+            admin=admin.id, ana=ana.id, bruno=bruno.id, carla=carla.id,
+            support=support.id, sales=sales.id, billing=billing.id,
+            **{k: v.id for k, v in convs.items()},
+        )
+
+
+CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)"')
+
+
+@dataclass
+class Agent:
+    """A browser-like session for one agent: logs in through the form, posts with CSRF."""
+
+    client: object
+    csrf: str | None = None
+
+    def login(self, email: str, password: str = PASSWORD):
+        page = self.client.get("/login")
+        token = CSRF_META.search(page.get_data(as_text=True)).group(1)
+        response = self.client.post(
+            "/login", data={"email": email, "password": password, "csrf_token": token}
+        )
+        self.csrf = token  # still valid: the session keeps the token it was signed for
+        return response
+
+    def get(self, url: str, htmx: bool = False, **kwargs):
+        headers = kwargs.pop("headers", {})
+        if htmx:
+            headers["HX-Request"] = "true"
+        return self.client.get(url, headers=headers, **kwargs)
+
+    def post(self, url: str, data: dict | None = None, htmx: bool = True, csrf: bool = True, **kwargs):
+        headers = kwargs.pop("headers", {})
+        if htmx:
+            headers["HX-Request"] = "true"
+        if csrf:
+            headers["X-CSRFToken"] = self.csrf
+        return self.client.post(url, data=data or {}, headers=headers, **kwargs)
+
+
+@pytest.fixture
+def login(app):
+    """login('ana@example.com') → a signed-in Agent with its own cookie jar."""
+
+    def _login(email: str) -> Agent:
+        agent = Agent(app.test_client())
+        response = agent.login(email)
+        assert response.status_code == 302, response.get_data(as_text=True)[:500]
+        return agent
+
+    return _login
+
+
+@pytest.fixture
+def token(app):
+    """token('ana@example.com') → that agent's API bearer header."""
+    from chat import catalog
+
+    def _token(email: str) -> dict:
+        with app.app_context():
+            return {"Authorization": f"Bearer {catalog.issue_api_token(email)}"}
+
+    return _token
+
+
+__all__ = ["ACTIVE", "CLOSED", "PENDING"]
