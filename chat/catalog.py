@@ -106,10 +106,13 @@ def save_agent(
     departments = list(db.session.scalars(select(Department).where(Department.id.in_(department_ids))))
     if len(departments) != len(set(department_ids)):
         raise InvalidInput("unknown department")
-    if agent_id and agent.role == "admin" and (role != "admin" or not active) and _admin_count() == 1:
+    if (agent_id and agent.role == "admin" and agent.active and (role != "admin" or not active)
+            and _admin_count() == 1):
         raise InvalidInput("the last admin cannot be demoted or deactivated")
-    agent.email, agent.name, agent.role, agent.active = email, _text(name, "name", 120), role, active
-    agent.departments = departments
+    name = _text(name, "name", 120)
+    with db.session.no_autoflush:  # loading the old departments must not flush a duplicate email early
+        agent.email, agent.name, agent.role, agent.active = email, name, role, active
+        agent.departments = departments
     db.session.add(agent)
     _commit_unique(f"an agent with email {email}")
     return agent

@@ -13,7 +13,7 @@ from flask import current_app
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from .errors import Conflict, InvalidInput
+from .errors import Conflict, InvalidInput, NotFound
 from .extensions import db
 from .models import (
     ACTIVE,
@@ -158,8 +158,18 @@ def _store_inbound(phone, body, name, external_id, avatar_url) -> InboundResult:
 
 
 def accept_conversation(conversation_id: int, agent: User) -> Conversation:
-    """Assign a pending conversation to the agent; 409 when someone else was faster."""
-    get_visible_conversation(agent, conversation_id)
+    """Assign a pending conversation to the agent; 409 when someone else was faster.
+
+    An agent of the conversation's department could see it while it was pending, so
+    losing the race is a 409 for them, not a 404.
+    """
+    conversation = db.session.get(Conversation, conversation_id)
+    if conversation is None or not (
+        agent.is_admin
+        or conversation.department_id is None
+        or conversation.department_id in agent.department_ids
+    ):
+        raise NotFound("conversation not found")
     _conditional_update(
         conversation_id,
         (Conversation.status == PENDING,),

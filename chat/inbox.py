@@ -1,7 +1,7 @@
 """The agent's inbox: the page, its list and count fragments, and the conversation pane."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
@@ -129,19 +129,33 @@ def messages(conversation_id: int):
     )
 
 
-def _act(conversation_id: int, action, success_status: int = 200):
+def _act(conversation_id: int, action, done: str = "Done."):
     """Run a domain action, then answer with the refreshed pane (or its error)."""
     try:
         action()
     except NotFound:
         abort(404)
     except DomainError as exc:
+        conversation = db.session.get(Conversation, conversation_id)
+        if conversation is None or not can_see(current_user, conversation):
+            # e.g. lost the race to accept it: say why, without showing someone else's conversation
+            if is_fragment_request():
+                return render_template("inbox/_pane_empty.html", error=exc.message), exc.status
+            flash(exc.message, "error")
+            return redirect(url_for("inbox.index"))
+        pane = _pane_context(conversation_id, exc.message)
         if is_fragment_request():
-            return render_template("inbox/_pane.html", **_pane_context(conversation_id, exc.message)), exc.status
-        context = {**_page_context(_list_args()), **_pane_context(conversation_id, exc.message)}
-        return render_template("inbox/index.html", **context), exc.status
+            return render_template("inbox/_pane.html", **pane), exc.status
+        return render_template("inbox/index.html", **{**_page_context(_list_args()), **pane}), exc.status
+    conversation = db.session.get(Conversation, conversation_id)
+    if conversation is None or not can_see(current_user, conversation):
+        # Handed to someone else: this agent may no longer see it.
+        if is_fragment_request():
+            return render_template("inbox/_pane_empty.html", notice=done)
+        flash(done, "success")
+        return redirect(url_for("inbox.index"))
     if is_fragment_request():
-        return render_template("inbox/_pane.html", **_pane_context(conversation_id)), success_status
+        return render_template("inbox/_pane.html", **_pane_context(conversation_id))
     return redirect(url_for("inbox.conversation", conversation_id=conversation_id))
 
 
@@ -165,18 +179,11 @@ def close(conversation_id: int):
 def transfer(conversation_id: int):
     to_user = request.form.get("user_id", type=int)
     to_department = request.form.get("department_id", type=int)
-
-    def action():
-        domain.transfer_conversation(conversation_id, current_user, to_user, to_department)
-
-    response = _act(conversation_id, action)
-    # After handing it away the agent may no longer see it: show the inbox instead of a 404.
-    conversation = db.session.get(Conversation, conversation_id)
-    if conversation is not None and not can_see(current_user, conversation):
-        if is_fragment_request():
-            return render_template("inbox/_pane_empty.html", notice="Conversation transferred."), 200
-        return redirect(url_for("inbox.index"))
-    return response
+    return _act(
+        conversation_id,
+        lambda: domain.transfer_conversation(conversation_id, current_user, to_user, to_department),
+        done="Conversation transferred.",
+    )
 
 
 @bp.get("/contacts")

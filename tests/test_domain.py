@@ -101,7 +101,7 @@ def test_accept_assigns_pending_to_agent(app, world):
 def test_accept_twice_is_a_conflict(app, world):
     with app.app_context():
         domain.accept_conversation(world.pending_support, agent("bruno@example.com"))
-        with pytest.raises((Conflict, NotFound)):
+        with pytest.raises(Conflict, match="no longer pending"):
             domain.accept_conversation(world.pending_support, agent("ana@example.com"))
         assert conv(world.pending_support).user_id == world.bruno
 

@@ -41,8 +41,12 @@ def test_all_tab_lists_exactly_the_visible_conversations(world, login, token, em
 
 
 def test_actions_on_invisible_conversations_are_404(world, login):
-    ana = login("ana@example.com")
+    carla = login("carla@example.com")  # Billing: never saw Support's conversations
     for action in ("accept", "close", "messages", "transfer"):
+        response = carla.post(f"/conversations/{world.active_bruno}/{action}", {"body": "x", "user_id": world.carla})
+        assert response.status_code == 404, action
+    ana = login("ana@example.com")  # Support, but it is Bruno's now
+    for action in ("close", "messages", "transfer"):
         response = ana.post(f"/conversations/{world.active_bruno}/{action}", {"body": "x", "user_id": world.ana})
         assert response.status_code == 404, action
 
