@@ -167,7 +167,11 @@ def reply(conversation_id: int):
 
 @bp.post("/conversations/<int:conversation_id>/accept")
 def accept(conversation_id: int):
-    return _act(conversation_id, lambda: domain.accept_conversation(conversation_id, current_user))
+    def action():
+        domain.accept_conversation(conversation_id, current_user)
+        domain.mark_read(conversation_id, current_user)  # the agent is looking at it right now
+
+    return _act(conversation_id, action)
 
 
 @bp.post("/conversations/<int:conversation_id>/close")

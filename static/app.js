@@ -16,7 +16,20 @@
   });
   document.addEventListener("htmx:afterSettle", function (event) { enhance(event.target); });
 
+  // The open conversation's row is highlighted here, not on the server, so one cached
+  // list serves every conversation the agent opens.
+  function markOpenRow() {
+    var match = location.pathname.match(/^\/conversations\/(\d+)/);
+    document.querySelectorAll(".conversation-list .row a").forEach(function (a) {
+      var open = match && a.closest(".row").dataset.conversationId === match[1];
+      if (open) a.setAttribute("aria-current", "true"); else a.removeAttribute("aria-current");
+    });
+  }
+  document.addEventListener("htmx:pushedIntoHistory", markOpenRow);
+  window.addEventListener("popstate", markOpenRow);
+
   function enhance(root) {
+    markOpenRow();
     root.querySelectorAll("time[datetime]:not([data-local])").forEach(function (el) {
       var when = new Date(el.getAttribute("datetime"));
       if (isNaN(when)) return;
