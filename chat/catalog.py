@@ -41,32 +41,30 @@ def _commit_unique(what: str) -> None:
         raise InvalidInput(f"{what} already exists") from None
 
 
+def _save_labelled(model, label: str, limit: int, name: object, color: object, item_id: int | None):
+    """Departments and tags are the same shape: a unique name and a colour."""
+    item = _get(model, item_id) if item_id else model()
+    item.name = _text(name, "name", limit)
+    item.color = _color(color)
+    db.session.add(item)
+    _commit_unique(f"a {label} named {item.name!r}")
+    return item
+
+
 def save_department(name: object, color: object, item_id: int | None = None) -> Department:
-    department = _get(Department, item_id) if item_id else Department()
-    department.name = _text(name, "name", 80)
-    department.color = _color(color)
-    db.session.add(department)
-    _commit_unique(f"a department named {department.name!r}")
-    return department
-
-
-def delete_department(department_id: int) -> None:
-    db.session.delete(_get(Department, department_id))
-    db.session.commit()
+    return _save_labelled(Department, "department", 80, name, color, item_id)
 
 
 def save_tag(name: object, color: object, item_id: int | None = None) -> Tag:
-    tag = _get(Tag, item_id) if item_id else Tag()
-    tag.name = _text(name, "name", 60)
-    tag.color = _color(color)
-    db.session.add(tag)
-    _commit_unique(f"a tag named {tag.name!r}")
-    return tag
+    return _save_labelled(Tag, "tag", 60, name, color, item_id)
 
 
-def delete_tag(tag_id: int) -> None:
-    db.session.delete(_get(Tag, tag_id))
-    db.session.commit()
+def delete_department(item_id: int) -> None:
+    _delete(Department, item_id)
+
+
+def delete_tag(item_id: int) -> None:
+    _delete(Tag, item_id)
 
 
 def save_quick_reply(shortcut: object, body: object, item_id: int | None = None) -> QuickReply:
@@ -78,8 +76,12 @@ def save_quick_reply(shortcut: object, body: object, item_id: int | None = None)
     return reply
 
 
-def delete_quick_reply(reply_id: int) -> None:
-    db.session.delete(_get(QuickReply, reply_id))
+def delete_quick_reply(item_id: int) -> None:
+    _delete(QuickReply, item_id)
+
+
+def _delete(model, item_id: int) -> None:
+    db.session.delete(_get(model, item_id))
     db.session.commit()
 
 

@@ -1,9 +1,11 @@
 """Command-line tools: `flask --app app seed`, `agent token`, `inbound-token`."""
 from __future__ import annotations
 
+import sys
+
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import func, select
 
 from . import catalog, seed as demo
@@ -20,7 +22,10 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(inbound_token_command)
 
 
+# add_command() does not wrap plain click commands: with_appcontext lets them run under any
+# runner (app.cli, app.test_cli_runner()), not only under the `flask` FlaskGroup.
 @click.command("seed")
+@with_appcontext
 @click.option("--agents", default=6, show_default=True, help="Agents in all (the 3 demo logins included).")
 @click.option("--contacts", type=int, default=None, help="Contacts (default: one per conversation).")
 @click.option("--conversations", default=300, show_default=True)
@@ -29,7 +34,8 @@ def init_app(app: Flask) -> None:
 @click.option("--if-empty", is_flag=True, help="Only add conversations when there are none yet.")
 def seed_command(agents, contacts, conversations, messages, departments, if_empty):
     """Load demo data; the demo logins are always (idempotently) there afterwards."""
-    for name, value in (("agents", agents), ("conversations", conversations), ("messages", messages)):
+    for name, value in (("agents", agents), ("conversations", conversations), ("messages", messages),
+                        ("departments", departments)):
         if value < 0:
             raise click.BadParameter(f"{name} must not be negative")
     if contacts is not None and contacts < 0:
@@ -37,8 +43,8 @@ def seed_command(agents, contacts, conversations, messages, departments, if_empt
     if if_empty and db.session.scalar(select(func.count()).select_from(Conversation)):
         conversations = messages = 0
         contacts = 0
-    total = demo.total_rows(agents, contacts, conversations, messages) if conversations else 0
-    with click.progressbar(length=total, label="Seeding", show_pos=True, file=click.get_text_stream("stderr")) as bar:
+    total = demo.total_rows(agents, contacts, conversations, messages)
+    with click.progressbar(length=total, label="Seeding", show_pos=True, file=sys.stderr) as bar:
         counts = demo.seed(agents=agents, contacts=contacts, conversations=conversations,
                            messages=messages, departments=departments, progress=bar.update)
     click.echo(
@@ -74,6 +80,7 @@ def agent_create(email, name, role, password):
 
 
 @click.command("inbound-token")
+@with_appcontext
 def inbound_token_command():
     """Print the bearer token that POST /api/inbound expects."""
     click.echo(current_app.config["INBOUND_TOKEN"])

@@ -43,6 +43,12 @@ def conversation_summary(c: Conversation) -> dict:
     }
 
 
+def _contains(q: str) -> str:
+    """A LIKE pattern matching `q` literally: '%' and '_' typed by a user are not wildcards."""
+    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
 def encode_cursor(conversation: Conversation) -> str:
     """Full precision: rows written in the same second must not fall between pages."""
     return f"{conversation.last_message_at.isoformat()}_{conversation.id}"
@@ -78,9 +84,11 @@ def list_conversations(
         stmt = stmt.where(Conversation.department_id == department_id)
     q = (q or "").strip()
     if q:
-        like = f"%{q.lower()}%"
         stmt = stmt.join(Conversation.contact).where(
-            or_(func.lower(Contact.name).like(like), Contact.phone.like(f"%{q}%"))
+            or_(
+                func.lower(Contact.name).like(_contains(q.lower()), escape="\\"),
+                Contact.phone.like(_contains(q), escape="\\"),
+            )
         )
     after = decode_cursor(cursor)
     if after:
@@ -200,7 +208,10 @@ def list_contacts(q: str = "", page: int = 1) -> dict:
     q = (q or "").strip()
     if q:
         stmt = stmt.where(
-            or_(func.lower(Contact.name).like(f"%{q.lower()}%"), Contact.phone.like(f"%{q}%"))
+            or_(
+                func.lower(Contact.name).like(_contains(q.lower()), escape="\\"),
+                Contact.phone.like(_contains(q), escape="\\"),
+            )
         )
     rows = db.session.scalars(stmt.offset((page - 1) * size).limit(size + 1)).all()
     return {

@@ -144,8 +144,9 @@ def seed(
 
 def total_rows(agents: int, contacts: int | None, conversations: int, messages: int) -> int:
     """How many rows seed() will report through `progress`: what a progress bar needs."""
-    return max(contacts if contacts is not None else conversations, conversations) + conversations + max(
-        messages, conversations)
+    contact_rows = max(contacts if contacts is not None else conversations, conversations)
+    message_rows = max(messages, conversations) if conversations else 0  # messages need a conversation
+    return contact_rows + conversations + message_rows
 
 
 def _spread(total: int, buckets: int, rng: random.Random) -> list[int]:
@@ -184,7 +185,7 @@ def _ensure_users(agents: int, depts: list[Department], password_hash: str) -> l
     specs = list(DEMO_USERS) + [
         (f"agent{n}@example.com", f"{FIRST[n % len(FIRST)]} Agent{n}", "agent",
          (depts[n % len(depts)].name,))
-        for n in range(1, max(agents - 2, 0) + 1)
+        for n in range(1, max(agents - len(DEMO_USERS), 0) + 1)  # `agents` counts the demo logins
     ]
     users = []
     for email, name, role, dept_names in specs:

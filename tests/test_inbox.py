@@ -198,3 +198,9 @@ def test_quick_replies_are_offered(world, login):
 def test_unknown_page_is_a_friendly_404(world, login):
     response = login("ana@example.com").get("/nowhere")
     assert response.status_code == 404 and "does not exist" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("q", ["%", "_", "\\"])
+def test_search_wildcards_are_literal(world, login, q):
+    html = login("admin@example.com").get(f"/inbox/list?tab=all&q={q}", htmx=True).get_data(as_text=True)
+    assert ids(html) == []

@@ -1,0 +1,124 @@
+"""The Alembic migrations build exactly the schema the models describe, on SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+
+import flask_migrate
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
+
+from chat import create_app
+from chat.extensions import db
+from tests.conftest import PG_ADMIN_URL, make_config
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "chat" / "migrations"
+
+
+@pytest.fixture(autouse=True)
+def keep_logging():
+    """Alembic's env.py calls logging.config.fileConfig(); undo that so later tests log as before."""
+    manager = logging.Logger.manager
+    saved = {name: (lg.level, lg.disabled, lg.propagate, lg.handlers[:])
+             for name, lg in manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    root = logging.getLogger()
+    root_state = (root.level, root.handlers[:])
+    yield
+    for name, (level, disabled, propagate, handlers) in saved.items():
+        lg = manager.loggerDict[name]
+        lg.level, lg.disabled, lg.propagate, lg.handlers = level, disabled, propagate, handlers
+    root.level, root.handlers = root_state[0], root_state[1]
+
+
+@pytest.fixture
+def empty_database_url(database_url):
+    """An empty database of the same kind: the shared PostgreSQL one already has the app's tables."""
+    if not database_url.startswith("postgresql"):
+        yield database_url
+        return
+    import psycopg
+
+    name = f"chat_migrate_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def bare_app(empty_database_url):
+    """The app on an empty database, without create_all: only migrations make tables."""
+    app = create_app(make_config(empty_database_url))
+    yield app
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+def schema_diff(app) -> list:
+    with app.app_context(), db.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+        return compare_metadata(context, db.metadata)
+
+
+def tables(app) -> set[str]:
+    with app.app_context():
+        return set(inspect(db.engine).get_table_names())
+
+
+def test_upgrade_builds_exactly_the_models_schema(bare_app):
+    assert tables(bare_app) == set()
+    with bare_app.app_context():
+        flask_migrate.upgrade()
+    assert tables(bare_app) == {t.name for t in db.metadata.sorted_tables} | {"alembic_version"}
+    assert schema_diff(bare_app) == []
+
+
+def test_schema_comparison_notices_a_difference(bare_app):
+    with bare_app.app_context():
+        flask_migrate.upgrade()
+        with db.engine.begin() as conn:
+            conn.execute(text("DROP INDEX ix_contacts_name"))
+            conn.execute(text("ALTER TABLE tags ADD COLUMN extra INTEGER"))
+    diff = schema_diff(bare_app)
+    assert [(d[0], d[1].name) for d in diff if d[0] == "add_index"] == [("add_index", "ix_contacts_name")]
+    assert [(d[0], d[2], d[3].name) for d in diff if d[0] == "remove_column"] == [("remove_column", "tags", "extra")]
+
+
+def test_flask_db_upgrade_command(bare_app):
+    runner = bare_app.test_cli_runner()
+    result = runner.invoke(args=["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    with bare_app.app_context(), db.engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == head
+    # Upgrading an up-to-date database is a no-op, and the app's own commands work on it.
+    assert runner.invoke(args=["db", "upgrade"]).exit_code == 0
+    seeded = runner.invoke(args=["seed", "--agents", "3", "--conversations", "6", "--messages", "12"])
+    assert seeded.exit_code == 0, seeded.output
+    assert "Added 6 contacts, 6 conversations, 12 messages." in seeded.stdout
+
+
+def test_downgrade_to_base_and_back(bare_app):
+    with bare_app.app_context():
+        flask_migrate.upgrade()
+        flask_migrate.downgrade(revision="base")
+    assert tables(bare_app) == {"alembic_version"}
+    with bare_app.app_context():
+        flask_migrate.upgrade()
+    assert schema_diff(bare_app) == []
+
+
+def test_there_is_one_initial_migration():
+    script = ScriptDirectory(str(MIGRATIONS))
+    revisions = list(script.walk_revisions())
+    assert len(revisions) == 1
+    assert revisions[0].down_revision is None
+    assert script.get_heads() == [revisions[0].revision]
