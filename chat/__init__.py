@@ -35,11 +35,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["SQLALCHEMY_DATABASE_URI"] = normalise_database_url(uri)
 
     from . import auth, admin, api, cli, inbox, web
+    from .cache import smart_cache
     from .extensions import csrf, db, login_manager, migrate
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(Path(__file__).parent / "migrations"))
     csrf.init_app(app)
+    smart_cache.init_app(app)
     auth.init_app(app, login_manager)
     web.init_app(app)
     cli.init_app(app)
