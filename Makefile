@@ -5,9 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 FLASK := $(BIN)/flask --app app
 PORT ?= 5000
-# Both databases by default; CHAT_TEST_DATABASES=sqlite narrows it.
+# Both databases and both cache backends by default; e.g. CHAT_TEST_DATABASES=sqlite
+# CHAT_TEST_CACHES=simple narrows it.
 CHAT_TEST_DATABASES ?= sqlite,postgresql
-export CHAT_TEST_DATABASES
+CHAT_TEST_CACHES ?= simple,redis
+export CHAT_TEST_DATABASES CHAT_TEST_CACHES
 
 .PHONY: run test deps assets chromium services clean
 

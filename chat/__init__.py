@@ -34,7 +34,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     uri = app.config.get("SQLALCHEMY_DATABASE_URI") or f"sqlite:///{Path(app.instance_path) / 'chat.db'}"
     app.config["SQLALCHEMY_DATABASE_URI"] = normalise_database_url(uri)
 
-    from . import auth, admin, api, cli, inbox, web
+    from . import auth, admin, api, cli, inbox, invalidation, observability, push, web
     from .cache import smart_cache
     from .extensions import csrf, db, login_manager, migrate
 
@@ -42,6 +42,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(Path(__file__).parent / "migrations"))
     csrf.init_app(app)
     smart_cache.init_app(app)
+    invalidation.init_app(app)
+    push.init_app(app)
     auth.init_app(app, login_manager)
     web.init_app(app)
     cli.init_app(app)
@@ -50,6 +52,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(inbox.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(observability.bp)
     csrf.exempt(api.bp)  # the API authenticates with bearer tokens, never with the session cookie
     return app
 

@@ -5,13 +5,10 @@ import hmac
 from functools import wraps
 
 from flask import Blueprint, current_app, g, jsonify, request
-from sqlalchemy import select
 
-from . import domain, queries
-from .errors import DomainError, InvalidInput
-from .extensions import db
-from .models import User, hash_token
-from .visibility import get_visible_conversation
+from . import domain, fragments, metrics, queries
+from .errors import DomainError, InvalidInput, NotFound
+from .visibility import can_see_summary
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -21,8 +18,11 @@ def json_error(message: str, status: int):
 
 
 def ok(data, status: int = 200, **extra):
-    """The API's one success shape: {"data": ..., "cached": bool} plus paging cursors."""
-    return jsonify({"data": data, **extra, "cached": False}), status
+    """The API's one success shape: {"data": ..., "cached": bool} plus paging cursors.
+
+    "cached" is true when every read behind the answer was a cache hit."""
+    cached = metrics.request_cache_state() == "HIT"
+    return jsonify({"data": data, **extra, "cached": cached}), status
 
 
 @bp.errorhandler(DomainError)
@@ -44,7 +44,7 @@ def agent_required(view):
         token = _bearer()
         if token is None:
             return json_error("missing bearer token", 401)
-        user = db.session.scalar(select(User).where(User.api_token_hash == hash_token(token)))
+        user = fragments.viewer_by_token(token)
         if user is None or not user.active:
             return json_error("invalid token", 401)
         g.agent = user
@@ -66,7 +66,7 @@ def conversations():
     tab = request.args.get("status", "pending")
     if tab not in queries.TABS:
         return json_error(f"status must be one of {', '.join(queries.TABS)}", 400)
-    page = queries.list_conversations(
+    page = fragments.conversation_list(
         g.agent, tab, request.args.get("department", type=int), request.args.get("q", ""),
         request.args.get("cursor"),
     )
@@ -76,11 +76,12 @@ def conversations():
 @bp.get("/conversations/<int:conversation_id>/messages")
 @agent_required
 def messages(conversation_id: int):
-    get_visible_conversation(g.agent, conversation_id)
+    if not can_see_summary(g.agent, fragments.conversation(conversation_id)):
+        raise NotFound("conversation not found")
     before = request.args.get("before")
     if before is not None and not before.isdigit():
         return json_error("before must be a message id", 400)
-    page = queries.conversation_messages(conversation_id, int(before) if before else None)
+    page = fragments.messages(conversation_id, int(before) if before else None)
     return ok(page["items"], older_cursor=page["older_cursor"])
 
 

@@ -10,8 +10,9 @@ from sqlalchemy import select
 from wtforms import BooleanField, EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
+from . import fragments
 from .extensions import db
-from .models import User
+from .models import User, Viewer
 
 bp = Blueprint("auth", __name__)
 
@@ -29,8 +30,9 @@ def init_app(app: Flask, login_manager: LoginManager) -> None:
     login_manager.login_message_category = "info"
 
     @login_manager.user_loader
-    def load_user(user_id: str) -> User | None:
-        return db.session.get(User, int(user_id)) if user_id.isdigit() else None
+    def load_user(user_id: str) -> Viewer | None:
+        # From the cache: a page served from cache must not query the users table.
+        return fragments.viewer(int(user_id)) if user_id.isdigit() else None
 
 
 @bp.route("/login", methods=["GET", "POST"])

@@ -19,6 +19,7 @@ lost during the outage can never let an older entry be served.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import threading
@@ -28,6 +29,8 @@ from typing import Any, Callable, Iterable
 
 from flask import Flask, current_app
 from flask_caching import Cache
+
+from . import metrics
 
 log = logging.getLogger("chat.cache")
 
@@ -67,7 +70,6 @@ class SmartCache:
         self._locks: "weakref.WeakValueDictionary[str, threading.Lock]" = weakref.WeakValueDictionary()
         self._locks_guard = threading.Lock()
         self._degraded = False  # set when the backend failed; cleared by bumping the epoch
-        self.stats = {"hits": 0, "misses": 0, "bypasses": 0, "invalidations": 0, "errors": 0, "fetches": 0}
 
     # -- setup -----------------------------------------------------------------
     def init_app(self, app: Flask) -> None:
@@ -117,7 +119,7 @@ class SmartCache:
         pending writes) neither reads nor fills the cache.
         """
         if bypass:
-            self.stats["bypasses"] += 1
+            metrics.record_bypass(key)
             return fetch()
         names = self._guards(key, tags)
         try:
@@ -127,12 +129,36 @@ class SmartCache:
             self._failed("read", key, exc)
             return fetch()
         if entry is not None and entry[0] == gens:
-            self.stats["hits"] += 1
+            metrics.record_hit(key)
             log.debug("HIT %s", key)
             return entry[1]
-        self.stats["misses"] += 1
         log.debug("MISS %s", key)
         return self._fill(key, gens, fetch, self.ttl(ttl))
+
+    def was_hit(self, key: str, tags: Iterable[str] = ()) -> bool:
+        """Whether `key` is cached and fresh right now (for X-Cache on composite responses)."""
+        try:
+            entry = self.backend.get("v:" + key)
+            return entry is not None and entry[0] == self._generations(self._guards(key, tags))
+        except Exception:  # noqa: BLE001
+            return False
+
+    def etag(self, keys: Iterable[str], tags: Iterable[str] = (), salt: str = "") -> str | None:
+        """A validator for a response built from `keys`: it changes exactly when one of them is
+        invalidated. One round trip, no database. None when the backend is down."""
+        names: list[str] = []
+        for key in keys:
+            names.extend(self._guards(key, ()))
+        names.extend("t:" + t for t in sorted(set(tags)))
+        names = list(dict.fromkeys(names))
+        try:
+            gens = self._generations(names)
+        except Exception as exc:  # noqa: BLE001
+            self._failed("etag", ",".join(keys), exc)
+            return None
+        digest = hashlib.sha1(repr((salt, names, gens)).encode()).hexdigest()[:20]
+        return f'W/"{digest}"'
+
 
     def invalidate(self, pattern: str) -> None:
         """Drop everything under a prefix ('conversations:user:42*') or one exact key, in O(1)."""
@@ -168,35 +194,40 @@ class SmartCache:
         values = self.backend.get_many(*names)
         if any(v is None for v in values):
             for name, value in zip(names, values):
-                if value is None:
-                    self.backend.add(name, _stamp(), timeout=0)  # add: a concurrent birth wins once
+                if value is None:  # add: of concurrent births, one wins
+                    self.backend.add(name, _stamp(), timeout=self._generation_ttl())
             values = self.backend.get_many(*names)
             if any(v is None for v in values):  # a bounded in-process cache evicted it already
                 raise RuntimeError("generation could not be stored")
         return tuple(values)
 
     def _bump(self, name: str, what: str) -> None:
-        self.stats["invalidations"] += 1
+        metrics.record_invalidation()
         try:
             if self._degraded:
                 self._recover()
-            self.backend.set(name, _stamp(), timeout=0)
+            self.backend.set(name, _stamp(), timeout=self._generation_ttl())
             log.info("INVALIDATE %s", what)
         except Exception as exc:  # noqa: BLE001
             # The invalidation is lost; the epoch bump on recovery stands in for it.
             self._failed("invalidate", what, exc)
 
     def _failed(self, action: str, key: str, exc: Exception) -> None:
-        self.stats["errors"] += 1
+        metrics.record_error()
         if not self._degraded:
             log.warning("cache backend unavailable (%s %s): %s; serving from the database", action, key, exc)
         self._degraded = True
 
     def _recover(self) -> None:
         """First contact after an outage: a new epoch makes everything cached before it invisible."""
-        self.backend.set("g:" + EPOCH, _stamp(), timeout=0)
+        self.backend.set("g:" + EPOCH, _stamp(), timeout=self._generation_ttl())
         self._degraded = False
         log.warning("cache backend is back; new epoch, entries from before the outage are dropped")
+
+    def _generation_ttl(self) -> int:
+        """Generations outlive any entry they guard, yet expire, so memory stays bounded; one
+        that expires is reborn random and only costs a miss."""
+        return 2 * max(int(t) for t in current_app.config.get("CACHE_TTL", TTL_CLASSES).values())
 
     def _local_lock(self, key: str) -> threading.Lock:
         with self._locks_guard:
@@ -213,16 +244,20 @@ class SmartCache:
             try:
                 entry = self.backend.get("v:" + key)
                 if entry is not None and entry[0] == gens:
+                    metrics.record_hit(key)
                     return entry[1]  # filled by the thread we waited for
                 token = self._acquire_shared(key, gens)
             except Exception as exc:  # noqa: BLE001
                 self._failed("lock", key, exc)
                 return fetch()
             if isinstance(token, tuple):  # another process filled it while we waited
+                metrics.record_hit(key)
                 return token[1]
             try:
-                self.stats["fetches"] += 1
+                started, queries = time.perf_counter(), metrics.queries_in_this_thread()
                 value = fetch()
+                metrics.record_miss(key, time.perf_counter() - started,
+                                    metrics.queries_in_this_thread() - queries)
                 try:
                     self.backend.set("v:" + key, (gens, value), timeout=ttl)
                 except Exception as exc:  # noqa: BLE001

@@ -1,4 +1,4 @@
-"""Command-line tools: `flask --app app seed`, `agent token`, `inbound-token`."""
+"""Command-line tools: `flask --app app seed`, `agent token`, `inbound-token`, `cache stats|clear`."""
 from __future__ import annotations
 
 import sys
@@ -6,20 +6,25 @@ import sys
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
-from . import catalog, seed as demo
+from . import catalog, metrics, seed as demo
+from .cache import smart_cache
 from .errors import DomainError
 from .extensions import db
 from .models import Conversation
+from .observability import backend_info
 
 agent_cli = AppGroup("agent", help="Manage agents.")
+cache_cli = AppGroup("cache", help="Inspect or clear the smart cache.")
 
 
 def init_app(app: Flask) -> None:
     app.cli.add_command(seed_command)
     app.cli.add_command(agent_cli)
     app.cli.add_command(inbound_token_command)
+    app.cli.add_command(cache_cli)
 
 
 # add_command() does not wrap plain click commands: with_appcontext lets them run under any
@@ -84,3 +89,77 @@ def agent_create(email, name, role, password):
 def inbound_token_command():
     """Print the bearer token that POST /api/inbound expects."""
     click.echo(current_app.config["INBOUND_TOKEN"])
+
+
+# -- cache ----------------------------------------------------------------------------------------
+IN_PROCESS_NOTE = ("Note: with the in-process backend each server process has its own cache, so this CLI "
+                   "process sees a new, empty one. The server's numbers are on /admin/cache and /metrics.")
+
+
+@cache_cli.command("stats")
+def cache_stats():
+    """Show the backend, its keys (Redis), the TTL classes and this process's counters."""
+    backend = backend_info()
+    failed = False
+    click.echo(f"Backend: {backend['label']}")
+    if backend["kind"] == "redis":
+        prefix = backend["prefix"]
+        try:
+            kinds = _count_redis_keys(backend["client"], prefix)
+            memory = backend["client"].info("memory")
+        except Exception as exc:  # noqa: BLE001 - report any Redis failure, then exit non-zero
+            click.echo(f"  Redis is unreachable: {exc}")
+            failed = True
+        else:
+            where = f"under the key prefix '{prefix}'" if prefix else "in the whole database (no key prefix)"
+            click.echo(f"  Keys {where}: {sum(kinds.values()):,} ({kinds['entries']:,} entries, "
+                       f"{kinds['generations']:,} generation stamps, {kinds['locks']:,} fill locks, "
+                       f"{kinds['other']:,} other), counted with SCAN")
+            click.echo(f"  Used memory (whole Redis server): {memory.get('used_memory_human', '?')}, "
+                       f"maxmemory-policy {memory.get('maxmemory_policy', '?')}")
+            click.echo("  Entries hidden by an invalidation or `cache clear` stay until their TTL ends.")
+    elif backend["kind"] == "in-process":
+        click.echo(f"  Entries in this CLI process: {len(getattr(smart_cache.backend, '_cache', {})):,}")
+        click.echo(IN_PROCESS_NOTE)
+    click.echo("TTL classes:")
+    for name, seconds in current_app.config["CACHE_TTL"].items():
+        click.echo(f"  {name:<10} {int(seconds):>7,} s")
+    totals = metrics.history.totals
+    click.echo("Counters of this process (a CLI process starts at zero):")
+    for label, value in (("hits", totals["hits"]), ("misses", totals["misses"]),
+                         ("queries saved", metrics.queries_saved()),
+                         ("invalidations", totals["invalidations"]), ("SQL queries", totals["queries"])):
+        click.echo(f"  {label:<14} {value:>7,}")
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+@cache_cli.command("clear")
+def cache_clear():
+    """Make every cached entry invisible by moving the cache's epoch (O(1), deletes nothing)."""
+    backend = backend_info()
+    errors = REGISTRY.get_sample_value("chat_cache_errors_total") or 0
+    smart_cache.clear()  # reports a backend failure through the error counter, never raises
+    if (REGISTRY.get_sample_value("chat_cache_errors_total") or 0) > errors:
+        raise click.ClickException(f"could not reach the cache backend ({backend['label']}): nothing was cleared.")
+    if backend["kind"] == "redis":
+        click.echo(f"Cleared the cache on {backend['label']} (key prefix '{backend['prefix']}'): moved the epoch, "
+                   "so every server process now misses every entry once and fetches it again.")
+        click.echo("Old entries are not deleted; they expire with their TTL.")
+    elif backend["kind"] == "in-process":
+        click.echo("Cleared this CLI process's in-process cache (moved its epoch).")
+        click.echo("It does not reach the server: each server process has its own in-process cache. "
+                   "Restart the server to clear it.")
+    else:
+        click.echo(f"Cleared the cache on {backend['label']}: moved the epoch, every entry is now invisible.")
+
+
+def _count_redis_keys(client, prefix: str) -> dict[str, int]:
+    """Keys under `prefix` by kind, with SCAN: fine for an operator's CLI, never for a request."""
+    pattern = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in prefix) + "*"
+    kinds = {"entries": 0, "generations": 0, "locks": 0, "other": 0}
+    names = {b"v:": "entries", b"g:": "generations", b"t:": "generations", b"l:": "locks"}
+    start = len(prefix.encode())
+    for key in client.scan_iter(match=pattern, count=1000):
+        kinds[names.get(key[start:start + 2], "other")] += 1
+    return kinds

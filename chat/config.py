@@ -8,6 +8,9 @@ class Config:
     SQLALCHEMY_ENGINE_OPTIONS: dict = {"pool_pre_ping": True}
     INBOUND_TOKEN = os.environ.get("INBOUND_TOKEN")  # None: generated once into instance/
     REDIS_URL = os.environ.get("REDIS_URL")
+    # Several deployments may share one Redis: keys and Socket.IO events stay apart by these.
+    CACHE_KEY_PREFIX = os.environ.get("CACHE_KEY_PREFIX", "chat:")
+    SOCKETIO_CHANNEL = os.environ.get("SOCKETIO_CHANNEL", "chat-socketio")
     PAGE_SIZE = 50
     MESSAGE_PAGE_SIZE = 50
     MAX_BODY_LENGTH = 4096

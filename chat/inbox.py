@@ -1,18 +1,21 @@
-"""The agent's inbox: the page, its list and count fragments, and the conversation pane."""
+"""The agent's inbox: the page, its list and count fragments, and the conversation pane.
+
+Every read goes through chat.fragments (the cache); fragments answer 304 to a browser whose
+copy is still current. Actions call the domain and re-render from fresh cache reads.
+"""
 from __future__ import annotations
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
-from sqlalchemy import select
 
-from . import domain, keys, queries
+from . import domain, fragments
 from .errors import DomainError, NotFound
-from .extensions import db
-from .models import Conversation, QuickReply
-from .visibility import can_see, get_visible_conversation
-from .web import is_fragment_request
+from .fragments import DIRECTORY
+from .visibility import can_see_summary
+from .web import cached_fragment, is_fragment_request
 
 bp = Blueprint("inbox", __name__)
+TABS = ("pending", "mine", "closed", "all")
 
 
 @bp.before_request
@@ -23,27 +26,26 @@ def require_login():
 
 def _list_args() -> dict:
     tab = request.args.get("tab", "pending")
-    if tab not in queries.TABS:
+    if tab not in TABS:
         tab = "pending"
     department = request.args.get("department", type=int)
     return {"tab": tab, "department_id": department, "q": request.args.get("q", "")[:100]}
 
 
 def _list_context(args: dict, cursor: str | None = None) -> dict:
-    page = queries.list_conversations(current_user, cursor=cursor, **args)
     return {
-        "page": page,
+        "page": fragments.conversation_list(current_user, cursor=cursor, **args),
         "args": args,
-        "list_key": keys.conversation_list(current_user, **args),
-        "counts_key": keys.tab_counts(current_user),
+        "list_key": fragments.conversation_list_key(current_user, **args),
+        "counts_key": fragments.counts_key(current_user),
     }
 
 
 def _page_context(args: dict) -> dict:
     return {
         **_list_context(args),
-        "counts": queries.tab_counts(current_user),
-        "departments": queries.departments(),
+        "counts": fragments.tab_counts(current_user),
+        "departments": fragments.departments(),
     }
 
 
@@ -62,37 +64,41 @@ def conversation_list():
     """The list fragment; with a cursor, just the next rows for infinite scroll."""
     args = _list_args()
     cursor = request.args.get("cursor")
-    context = _list_context(args, cursor)
+    key = fragments.conversation_list_key(current_user, cursor=cursor, **args)
+    etag = fragments.etag(current_user, [key], fragments.list_scope(current_user, args["tab"])[1])
     template = "inbox/_rows.html" if cursor else "inbox/_list.html"
-    return render_template(template, **context)
+    return cached_fragment(etag, lambda: render_template(template, **_list_context(args, cursor)))
 
 
 @bp.get("/inbox/counts")
 def counts():
-    return render_template(
-        "inbox/_counts.html",
-        counts=queries.tab_counts(current_user),
-        args=_list_args(),
-        counts_key=keys.tab_counts(current_user),
-    )
+    key = fragments.counts_key(current_user)
+    etag = fragments.etag(current_user, [key], fragments.list_scope(current_user, "all")[1])
+    return cached_fragment(etag, lambda: render_template(
+        "inbox/_counts.html", counts=fragments.tab_counts(current_user), args=_list_args(), counts_key=key))
+
+
+def _visible_summary(conversation_id: int) -> dict:
+    summary = fragments.conversation(conversation_id)
+    if not can_see_summary(current_user, summary):
+        abort(404)
+    return summary
+
+
+def _pane_keys(conversation_id: int) -> list[str]:
+    return [fragments.conversation_key(conversation_id), fragments.messages_key(conversation_id),
+            "quick_replies", "agents", "departments"]
 
 
 def _pane_context(conversation_id: int, error: str | None = None) -> dict:
-    try:
-        conversation = get_visible_conversation(current_user, conversation_id)
-    except NotFound:
-        abort(404)
     return {
-        "conversation": queries.conversation_detail(conversation),
-        "messages": queries.conversation_messages(conversation_id),
-        "messages_key": keys.conversation_messages(conversation_id),
-        "pane_key": keys.conversation(conversation_id),
-        "quick_replies": [
-            {"shortcut": r.shortcut, "body": r.body}
-            for r in db.session.scalars(select(QuickReply).order_by(QuickReply.shortcut))
-        ],
-        "agents": [a for a in queries.agents() if a["active"] and a["id"] != current_user.id],
-        "departments": queries.departments(),
+        "conversation": _visible_summary(conversation_id),
+        "messages": fragments.messages(conversation_id),
+        "messages_key": fragments.messages_key(conversation_id),
+        "pane_key": fragments.conversation_key(conversation_id),
+        "quick_replies": fragments.quick_replies(),
+        "agents": [a for a in fragments.agents() if a["active"] and a["id"] != current_user.id],
+        "departments": fragments.departments(),
         "error": error,
     }
 
@@ -100,33 +106,28 @@ def _pane_context(conversation_id: int, error: str | None = None) -> dict:
 @bp.get("/conversations/<int:conversation_id>")
 def conversation(conversation_id: int):
     """The full inbox page with this conversation open, or just its pane for htmx."""
-    try:
-        get_visible_conversation(current_user, conversation_id)
-    except NotFound:
-        abort(404)
-    domain.mark_read(conversation_id, current_user)
-    pane = _pane_context(conversation_id)
+    summary = _visible_summary(conversation_id)
+    if summary["unread_count"] and summary["user"] and summary["user"]["id"] == current_user.id:
+        domain.mark_read(conversation_id, current_user)  # its commit invalidates the summary
     if is_fragment_request():
-        return render_template("inbox/_pane.html", **pane)
-    return render_template("inbox/index.html", **{**_page_context(_list_args()), **pane})
+        etag = fragments.etag(current_user, _pane_keys(conversation_id), (DIRECTORY,))
+        return cached_fragment(etag, lambda: render_template("inbox/_pane.html", **_pane_context(conversation_id)))
+    return render_template("inbox/index.html", **{**_page_context(_list_args()), **_pane_context(conversation_id)})
 
 
 @bp.get("/conversations/<int:conversation_id>/messages")
 def messages(conversation_id: int):
     """The messages fragment; with ?before=<id>, the older page that "load older" prepends."""
-    try:
-        get_visible_conversation(current_user, conversation_id)
-    except NotFound:
-        abort(404)
+    _visible_summary(conversation_id)
     before = request.args.get("before", type=int)
-    page = queries.conversation_messages(conversation_id, before)
+    key = fragments.messages_key(conversation_id, before)
     template = "inbox/_older.html" if before else "inbox/_messages.html"
-    return render_template(
+    return cached_fragment(fragments.etag(current_user, [key], (DIRECTORY,)), lambda: render_template(
         template,
-        messages=page,
+        messages=fragments.messages(conversation_id, before),
         conversation={"id": conversation_id},
-        messages_key=keys.conversation_messages(conversation_id),
-    )
+        messages_key=fragments.messages_key(conversation_id),
+    ))
 
 
 def _act(conversation_id: int, action, done: str = "Done."):
@@ -136,8 +137,7 @@ def _act(conversation_id: int, action, done: str = "Done."):
     except NotFound:
         abort(404)
     except DomainError as exc:
-        conversation = db.session.get(Conversation, conversation_id)
-        if conversation is None or not can_see(current_user, conversation):
+        if not can_see_summary(current_user, fragments.conversation(conversation_id)):
             # e.g. lost the race to accept it: say why, without showing someone else's conversation
             if is_fragment_request():
                 return render_template("inbox/_pane_empty.html", error=exc.message), exc.status
@@ -147,8 +147,7 @@ def _act(conversation_id: int, action, done: str = "Done."):
         if is_fragment_request():
             return render_template("inbox/_pane.html", **pane), exc.status
         return render_template("inbox/index.html", **{**_page_context(_list_args()), **pane}), exc.status
-    conversation = db.session.get(Conversation, conversation_id)
-    if conversation is None or not can_see(current_user, conversation):
+    if not can_see_summary(current_user, fragments.conversation(conversation_id)):
         # Handed to someone else: this agent may no longer see it.
         if is_fragment_request():
             return render_template("inbox/_pane_empty.html", notice=done)
@@ -194,12 +193,12 @@ def transfer(conversation_id: int):
 def contacts():
     q = request.args.get("q", "")[:100]
     page = max(request.args.get("page", 1, type=int), 1)
-    data = queries.list_contacts(q, page)
+    data = fragments.contacts(q, page)
     template = "contacts/_rows.html" if is_fragment_request() else "contacts/index.html"
     return render_template(template, contacts=data, q=q)
 
 
 @bp.get("/dashboard")
 def dashboard():
-    return render_template("dashboard/index.html", stats=queries.dashboard(current_user))
-
+    return render_template("dashboard/index.html", stats=fragments.dashboard(current_user),
+                           dashboard_key=fragments.dashboard_key(current_user))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from flask_login import UserMixin
@@ -174,3 +175,39 @@ class Setting(db.Model):
     __tablename__ = "settings"
     key: Mapped[str] = mapped_column(String(80), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+@dataclass(frozen=True)
+class Viewer(UserMixin):
+    """The signed-in agent as the cache keeps it: what permission checks and templates need.
+
+    Loading it from the cache (not the users table) lets a cache hit run zero SQL queries.
+    """
+
+    id: int
+    email: str
+    name: str
+    role: str
+    active: bool
+    department_ids: tuple[int, ...]
+
+    @classmethod
+    def of(cls, user: User) -> "Viewer":
+        return cls(user.id, user.email, user.name, user.role, user.active, tuple(user.department_ids))
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "email": self.email, "name": self.name, "role": self.role,
+                "active": self.active, "department_ids": list(self.department_ids)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Viewer":
+        return cls(data["id"], data["email"], data["name"], data["role"], data["active"],
+                   tuple(data["department_ids"]))
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def is_active(self) -> bool:
+        return self.active

@@ -51,3 +51,15 @@ def can_see(user: User, conversation: Conversation) -> bool:
     if conversation.status == PENDING:
         return conversation.department_id is None or conversation.department_id in user.department_ids
     return conversation.user_id == user.id
+
+
+def can_see_summary(user, summary: dict | None) -> bool:
+    """can_see() for a cached conversation summary (see queries.conversation_summary)."""
+    if summary is None:
+        return False
+    if user.is_admin:
+        return True
+    if summary["status"] == PENDING:
+        department = summary["department"]
+        return department is None or department["id"] in user.department_ids
+    return summary["user"] is not None and summary["user"]["id"] == user.id

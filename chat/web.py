@@ -3,11 +3,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from flask import Flask, render_template, request
+from typing import Callable, Iterable
+
+from flask import Flask, Response, make_response, render_template, request
 from flask_wtf.csrf import CSRFError
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
+from . import metrics
 from .errors import DomainError
 
 
@@ -51,6 +54,17 @@ def init_app(app: Flask) -> None:
     def domain_error(error: DomainError):
         return _error_page(error.status, "Could not do that", error.message)
 
+    @app.before_request
+    def count_cache_reads():
+        metrics.start_request()
+
+    @app.after_request
+    def cache_header(response):
+        state = metrics.request_cache_state()
+        if state and "X-Cache" not in response.headers:
+            response.headers["X-Cache"] = state
+        return response
+
     @app.after_request
     def security_headers(response):
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -79,3 +93,22 @@ def _time_tag(iso: str | None) -> Markup:
 def _initials(name: str | None) -> str:
     parts = (name or "?").split()
     return "".join(p[0] for p in parts[:2]).upper() or "?"
+
+
+def cached_fragment(etag: str | None, render: Callable[[], str]) -> Response:
+    """Answer 304 when the browser's copy carries the current ETag (no query, no render),
+    otherwise render and send it with the ETag so the next refresh can revalidate."""
+    if etag and etag in _if_none_match():
+        response = Response(status=304)
+        response.headers["X-Cache"] = "HIT"
+    else:
+        response = make_response(render())
+    if etag:
+        response.headers["ETag"] = etag
+        response.headers["Cache-Control"] = "private, no-cache"
+        response.vary.update(("Cookie", "HX-Request"))
+    return response
+
+
+def _if_none_match() -> Iterable[str]:
+    return [t.strip() for t in request.headers.get("If-None-Match", "").split(",") if t.strip()]

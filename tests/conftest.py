@@ -23,6 +23,9 @@ from chat.models import (
 )
 
 DATABASES = [d.strip() for d in os.environ.get("CHAT_TEST_DATABASES", "sqlite").split(",") if d.strip()]
+# The cache backends every app-level test runs on: the in-process default and a real Redis.
+CACHES = [c.strip() for c in os.environ.get("CHAT_TEST_CACHES", "simple").split(",") if c.strip()]
+REDIS_URL = os.environ.get("CHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_ADMIN_URL = os.environ.get("CHAT_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PASSWORD = "demo-pass"
@@ -55,6 +58,37 @@ def postgres_url():
         admin.close()
 
 
+def _redis_cache_config():
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        _unavailable(f"Redis is not reachable at {REDIS_URL}: {exc}")
+    prefix = f"chat-test-{uuid.uuid4().hex[:10]}:"
+    yield {"REDIS_URL": REDIS_URL, "CACHE_KEY_PREFIX": prefix}
+    for key in client.scan_iter(match=prefix + "*", count=1000):  # only what this test created
+        client.delete(key)
+
+
+@pytest.fixture(params=CACHES)
+def cache_config(request):
+    """Flask config for the cache backend; Redis keys get a prefix of their own, removed after."""
+    if request.param == "simple":
+        yield {}
+    elif request.param == "redis":
+        yield from _redis_cache_config()
+    else:
+        raise ValueError(f"unknown test cache {request.param!r}")
+
+
+@pytest.fixture
+def redis_cache_config():
+    """A Redis cache configuration whatever CHAT_TEST_CACHES says (for multi-process promises)."""
+    yield from _redis_cache_config()
+
+
 @pytest.fixture(params=DATABASES)
 def database_url(request, tmp_path):
     if request.param == "sqlite":
@@ -70,13 +104,16 @@ def make_config(database_url: str, **extra) -> dict:
         "SECRET_KEY": "test-secret",
         "INBOUND_TOKEN": INBOUND_TOKEN,
         "SQLALCHEMY_DATABASE_URI": database_url,
+        # Socket.IO across processes is tested with real processes (test_push.py); in-process
+        # apps keep events local so hundreds of test apps don't each start a Redis listener.
+        "SOCKETIO_MESSAGE_QUEUE": None,
         **extra,
     }
 
 
 @pytest.fixture
-def app(database_url):
-    app = create_app(make_config(database_url))
+def app(database_url, cache_config):
+    app = create_app(make_config(database_url, **cache_config))
     with app.app_context():
         db.create_all()
     yield app

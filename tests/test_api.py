@@ -61,9 +61,9 @@ def test_newest_first_and_paged(app, ana, world):
 
 
 def test_messages_oldest_first_with_before_paging(app, ana, world, client):
+    app.config["MESSAGE_PAGE_SIZE"] = 4
     for n in range(5):
         ana.post(f"/api/conversations/{world.active_ana}/messages", json={"body": f"reply {n}"})
-    app.config["MESSAGE_PAGE_SIZE"] = 4
     page = ana.get(f"/api/conversations/{world.active_ana}/messages").get_json()
     assert [m["body"] for m in page["data"]] == ["reply 1", "reply 2", "reply 3", "reply 4"]
     older = ana.get(f"/api/conversations/{world.active_ana}/messages?before={page['older_cursor']}").get_json()

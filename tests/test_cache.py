@@ -325,6 +325,10 @@ def test_every_entry_has_a_ttl(backend):
         assert values == [("v:departments", 86_400), ("v:agents", 3_600), ("v:conversation:1", 1_800)]
         with pytest.raises(ValueError, match="unknown TTL class"):
             cache.get_or_fetch("x", lambda: 1, ttl="forever")
+        if cache.is_redis:  # generations too: nothing in Redis lives forever
+            client = cache.backend._write_client
+            keys = list(client.scan_iter(match=cache.backend._get_prefix() + "*"))
+            assert keys and all(client.ttl(k) > 0 for k in keys)
 
 
 def test_in_process_backend_is_bounded():
@@ -399,3 +403,41 @@ def test_fail_open_and_nothing_stale_after_outage(private_redis, caplog):
         assert cache.get_or_fetch("conversation:1:messages", lambda: "v3") == "v3"
         with other_app.app_context():
             assert other.get_or_fetch("conversation:1:messages", lambda: "v4") == "v3"
+
+
+def test_app_fails_open_when_redis_stops(private_redis, database_url, caplog):
+    """The whole app with its Redis gone: pages are served from the database, no error;
+    when Redis is back, a change made meanwhile shows."""
+    from chat import create_app, domain
+    from chat.extensions import db
+    from chat.models import User
+    from tests.conftest import Agent, make_config, make_conversation, make_user
+
+    url, stop, start = private_redis
+    app = create_app(make_config(database_url, REDIS_URL=url))
+    with app.app_context():
+        db.create_all()
+        ana = make_user("ana@example.com", "Ana")
+        conversation = make_conversation("+5511900001111", "Olga Outage", "active", user=ana)
+        db.session.commit()
+        cid = conversation.id
+    try:
+        agent = Agent(app.test_client())
+        assert agent.login("ana@example.com").status_code == 302
+        assert agent.get("/inbox/list?tab=mine", htmx=True).status_code == 200
+        stop()
+        with caplog.at_level("WARNING", logger="chat.cache"):
+            for path in ("/inbox?tab=mine", "/inbox/list?tab=mine", f"/conversations/{cid}"):
+                assert agent.get(path).status_code == 200, path
+            assert agent.post(f"/conversations/{cid}/messages", {"body": "sent during the outage"}).status_code == 200
+        assert any("unavailable" in r.message for r in caplog.records)
+        start()
+        html = agent.get("/inbox/list?tab=mine", htmx=True).get_data(as_text=True)
+        assert "sent during the outage" in html
+        with app.app_context():
+            domain.close_conversation(cid, db.session.get(User, 1))
+        assert "Olga Outage" not in agent.get("/inbox/list?tab=mine", htmx=True).get_data(as_text=True)
+    finally:
+        with app.app_context():
+            db.drop_all()
+            db.engine.dispose()

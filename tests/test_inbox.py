@@ -103,10 +103,10 @@ def test_opening_as_assignee_marks_read(app, world, login, token):
 
 
 def test_messages_oldest_first_and_load_older(app, world, login):
+    app.config["MESSAGE_PAGE_SIZE"] = 3
     ana = login("ana@example.com")
     for n in range(4):
         ana.post(f"/conversations/{world.active_ana}/messages", {"body": f"m{n}"})
-    app.config["MESSAGE_PAGE_SIZE"] = 3
     html = ana.get(f"/conversations/{world.active_ana}/messages", htmx=True).get_data(as_text=True)
     assert re.findall(r'<p class="msg-body">(.*?)</p>', html) == ["m1", "m2", "m3"]
     older_url = re.search(r'hx-get="([^"]*before=\d+)"', html).group(1).replace("&amp;", "&")

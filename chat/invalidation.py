@@ -1,0 +1,236 @@
+"""Invalidation derived from the commit itself.
+
+SQLAlchemy session events collect the rows a transaction inserts, updates and deletes (ORM
+flushes and the domain's conditional bulk UPDATEs alike). After a successful commit, and
+never after a rollback, INVALIDATION_MAP turns each changed row, as it was before and as it
+is after, into cache prefixes and tags to drop. Domain functions never mention the cache.
+
+Conversation lists are shared between viewers with the same permissions, so they are tagged
+by what can change them: a department's pending queue (convs:dept:<id>), an agent's own
+conversations (convs:user:<id>), and everything (convs:all, for admins).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from sqlalchemy import event, inspect, select
+from sqlalchemy.orm import Session
+
+from . import push
+from .cache import smart_cache
+
+CHANGES = "chat.changes"  # session.info key: rows changed in the current transaction
+WROTE = "chat.wrote"  # session.info key: the transaction has sent writes to the database
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a changed row of one table makes stale: key prefixes and tags, as templates
+    filled from the row's columns (None reads as 'none')."""
+
+    prefixes: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    tags_on_update: tuple[str, ...] = ()  # only when an existing row changes, not on insert
+    tags_if: tuple[tuple[str, Callable[[dict], bool]], ...] = ()  # only for rows that match
+    # Socket.IO rooms told about it (push.rooms_for says who is in which room). A room hears
+    # the row's prefixes and tags only if its members may see the row.
+    rooms: tuple[str, ...] = ()
+    rooms_if: tuple[tuple[str, Callable[[dict], bool]], ...] = ()
+
+
+def pending(row: dict) -> bool:
+    return row.get("status") == "pending"
+
+
+# The one place that says what depends on what. A new fragment adds a line here.
+INVALIDATION_MAP: dict[str, Rule] = {
+    "conversations": Rule(
+        prefixes=("conversation:{id}",),
+        tags=("convs:all", "convs:user:{user_id}"),
+        # A department's queue only holds its pending conversations (as they were, or are now).
+        tags_if=(("convs:dept:{department_id}", pending),),
+        rooms=("admins", "user:{user_id}"),
+        rooms_if=(("dept:{department_id}", pending),),
+    ),
+    "messages": Rule(prefixes=("conversation:{conversation_id}:messages",)),
+    "contacts": Rule(prefixes=("contacts",), tags_on_update=("directory",), rooms=("agents",)),
+    "departments": Rule(prefixes=("departments",), tags=("directory",), rooms=("agents",)),
+    "users": Rule(prefixes=("user:{id}", "token", "agents"), tags=("directory",), rooms=("agents",)),
+    "user_departments": Rule(prefixes=("user:{user_id}", "token", "agents"), tags=("directory",),
+                             rooms=("agents",)),
+    "quick_replies": Rule(prefixes=("quick_replies",), rooms=("agents",)),
+    "tags": Rule(prefixes=("tags",), rooms=("agents",)),
+    "settings": Rule(prefixes=("settings",), rooms=("agents",)),
+}
+
+
+@dataclass
+class Change:
+    table: str
+    kind: str  # insert | update | delete
+    rows: list[dict] = field(default_factory=list)  # row snapshots: before and/or after
+
+
+@dataclass
+class Stale:
+    """What one commit made stale."""
+
+    prefixes: set[str] = field(default_factory=set)
+    tags: set[str] = field(default_factory=set)
+    rooms: dict[str, set[str]] = field(default_factory=dict)  # room -> stale key prefixes and tags
+    everything: bool = False
+
+
+def stale_after(changes: Iterable[Change]) -> Stale:
+    """Apply INVALIDATION_MAP to the changes of one transaction."""
+    stale = Stale()
+    for change in changes:
+        rule = INVALIDATION_MAP.get(change.table)
+        if rule is None:
+            continue
+        if change.kind == "bulk":
+            stale.everything = True  # e.g. the seed's bulk inserts: no rows to reason about
+            continue
+        templates = rule.tags + (rule.tags_on_update if change.kind != "insert" else ())
+        for row in change.rows:
+            values = {k: ("none" if v is None else v) for k, v in row.items()}
+            prefixes = _fill(rule.prefixes, values)
+            tags = _fill(templates, values) + _fill([t for t, ok in rule.tags_if if ok(row)], values)
+            stale.prefixes.update(prefixes)
+            stale.tags.update(tags)
+            rooms = _fill(rule.rooms, values) + _fill([r for r, ok in rule.rooms_if if ok(row)], values)
+            for room in rooms:
+                if room != "user:none":
+                    stale.rooms.setdefault(room, set()).update(prefixes + tags)
+    return stale
+
+
+def _fill(templates: Iterable[str], values: dict) -> list[str]:
+    out = []
+    for template in templates:
+        try:
+            out.append(template.format(**values))
+        except KeyError:
+            continue  # a snapshot without that column (e.g. a partial bulk UPDATE)
+    return out
+
+
+def apply(stale: Stale) -> None:
+    """Invalidate first, then tell the browsers: a refetch prompted by the event is fresh."""
+    if stale.everything:
+        smart_cache.clear()
+        push.publish({"agents": {"*"}})
+        return
+    for prefix in sorted(stale.prefixes):
+        smart_cache.invalidate(prefix + "*")
+    for tag in sorted(stale.tags):
+        smart_cache.invalidate_tag(tag)
+    push.publish(stale.rooms)
+
+
+def has_pending_writes(session: Session) -> bool:
+    """Inside a transaction that changed rows: reads must neither use nor fill the cache."""
+    return bool(session.info.get(WROTE) or session.new or session.dirty or session.deleted)
+
+
+# -- collecting changes -------------------------------------------------------------------
+def _snapshot(obj, before: bool) -> dict:
+    """Column values of an ORM object, as committed (before) or as flushed (after)."""
+    state = inspect(obj)
+    row = {}
+    for attr in state.mapper.column_attrs:
+        hist = state.attrs[attr.key].history
+        if before and hist.deleted:
+            row[attr.key] = hist.deleted[0]
+        elif hist.added:
+            row[attr.key] = hist.added[0]
+        else:
+            row[attr.key] = hist.unchanged[0] if hist.unchanged else getattr(obj, attr.key, None)
+    return row
+
+
+def _record(session: Session, change: Change) -> None:
+    session.info.setdefault(CHANGES, []).append(change)
+    session.info[WROTE] = True
+
+
+def _before_flush(session: Session, _context, _instances) -> None:
+    with session.no_autoflush:
+        _collect_before(session)
+
+
+def _collect_before(session: Session) -> None:
+    for kind, objects in (("insert", session.new), ("update", session.dirty), ("delete", session.deleted)):
+        for obj in objects:
+            if kind == "update" and not session.is_modified(obj):
+                continue
+            table = obj.__table__.name
+            rows = [_snapshot(obj, before=True)] if kind != "insert" else []
+            _record(session, Change(table, kind, rows))
+            if kind == "update" and table == "users" and _departments_changed(obj):
+                _record(session, Change("user_departments", "update", [{"user_id": obj.id}]))
+            if kind != "delete":
+                session.info.setdefault("chat.after_flush", []).append((table, kind, obj))
+
+
+def _departments_changed(user) -> bool:
+    return bool(inspect(user).attrs.departments.history.has_changes())
+
+
+def _after_flush(session: Session, _context) -> None:
+    # Snapshots after the flush carry generated ids and the new column values.
+    for table, kind, obj in session.info.pop("chat.after_flush", []):
+        _record(session, Change(table, kind, [_snapshot(obj, before=False)]))
+
+
+def _do_orm_execute(state) -> object | None:
+    """Bulk INSERT/UPDATE/DELETE statements (the domain's conditional updates, the seed)."""
+    if not (state.is_update or state.is_delete or state.is_insert):
+        return None
+    session = state.session
+    session.info[WROTE] = True
+    table = state.statement.table.name
+    if table not in INVALIDATION_MAP:
+        return None
+    if state.is_insert:
+        _record(session, Change(table, "bulk"))
+        return None
+    model = state.bind_mapper.class_ if state.bind_mapper else None
+    where = state.statement.whereclause
+    if model is None or where is None:
+        _record(session, Change(table, "bulk"))
+        return None
+    # Rows as they are before the statement, then the same rows after it: both can be stale.
+    columns = [c for c in model.__table__.columns]
+    before = [dict(r._mapping) for r in session.execute(select(*columns).where(where))]
+    result = state.invoke_statement()
+    if before and getattr(result, "rowcount", 1) != 0:
+        ids = [r["id"] for r in before if "id" in r]
+        after = [dict(r._mapping) for r in session.execute(
+            select(*columns).where(model.__table__.c.id.in_(ids)))] if ids else []
+        _record(session, Change(table, "update", before + after))
+    return result
+
+
+def _after_commit(session: Session) -> None:
+    changes = session.info.pop(CHANGES, [])
+    session.info.pop(WROTE, None)
+    if changes:
+        apply(stale_after(changes))
+
+
+def _after_rollback(session: Session) -> None:
+    session.info.pop(CHANGES, None)
+    session.info.pop(WROTE, None)
+    session.info.pop("chat.after_flush", None)
+
+
+def init_app(_app) -> None:
+    """Listen on every session (idempotent: listeners are registered once per process)."""
+    if not event.contains(Session, "after_commit", _after_commit):
+        event.listen(Session, "before_flush", _before_flush)
+        event.listen(Session, "after_flush", _after_flush)
+        event.listen(Session, "do_orm_execute", _do_orm_execute)
+        event.listen(Session, "after_commit", _after_commit)
+        event.listen(Session, "after_soft_rollback", lambda s, _t: _after_rollback(s))

@@ -1,0 +1,132 @@
+"""Numbers about the cache and the database: Prometheus metrics and the admin panel's history.
+
+Prometheus counters are process-wide (one registry); the panel keeps a short per-process
+history in ten-second buckets so it can chart the last few minutes without a Prometheus server.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+from prometheus_client import Counter, Histogram
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+CACHE_HITS = Counter("chat_cache_hits_total", "Cache hits", ["family"])
+CACHE_MISSES = Counter("chat_cache_misses_total", "Cache misses (a fetch from the database)", ["family"])
+CACHE_BYPASSES = Counter("chat_cache_bypasses_total", "Reads that skipped the cache (uncommitted writes)", ["family"])
+CACHE_INVALIDATIONS = Counter("chat_cache_invalidations_total", "Prefixes and tags invalidated")
+CACHE_ERRORS = Counter("chat_cache_errors_total", "Cache backend failures served from the database")
+SQL_QUERIES = Counter("chat_sql_queries_total", "SQL statements sent to the database")
+FETCH_SECONDS = Histogram("chat_cache_fetch_seconds", "Time to fetch a missed entry", ["family"],
+                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+
+BUCKET_SECONDS = 10
+HISTORY_BUCKETS = 30  # five minutes
+
+
+class History:
+    """Hits, misses, invalidations and SQL queries per ten-second bucket, for the panel's chart."""
+
+    FIELDS = ("hits", "misses", "invalidations", "queries")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buckets: deque[dict] = deque(maxlen=HISTORY_BUCKETS)
+        self.totals = dict.fromkeys(self.FIELDS, 0)
+        self.queries_per_fetch: dict[str, float] = {}
+        self.hits_by_family: dict[str, int] = {}
+
+    def add(self, field: str, n: int = 1) -> None:
+        start = int(time.time()) // BUCKET_SECONDS * BUCKET_SECONDS
+        with self._lock:
+            if not self._buckets or self._buckets[-1]["start"] != start:
+                self._buckets.append({"start": start, **dict.fromkeys(self.FIELDS, 0)})
+            self._buckets[-1][field] += n
+            self.totals[field] += n
+
+    def snapshot(self) -> list[dict]:
+        """The last few minutes, oldest first, with empty buckets filled in."""
+        now = int(time.time()) // BUCKET_SECONDS * BUCKET_SECONDS
+        with self._lock:
+            by_start = {b["start"]: dict(b) for b in self._buckets}
+        return [by_start.get(start, {"start": start, **dict.fromkeys(self.FIELDS, 0)})
+                for start in range(now - (HISTORY_BUCKETS - 1) * BUCKET_SECONDS, now + 1, BUCKET_SECONDS)]
+
+
+history = History()
+_local = threading.local()
+
+
+def family(key: str) -> str:
+    return key.split(":", 1)[0]
+
+
+def start_request() -> None:
+    _local.reads, _local.misses = 0, 0
+
+
+def request_cache_state() -> str | None:
+    """'HIT' when every cache read of this request was a hit, 'MISS' otherwise, None if none."""
+    if not getattr(_local, "reads", 0):
+        return None
+    return "MISS" if _local.misses else "HIT"
+
+
+def _count_read(missed: bool) -> None:
+    _local.reads = getattr(_local, "reads", 0) + 1
+    if missed:
+        _local.misses = getattr(_local, "misses", 0) + 1
+
+
+def record_hit(key: str) -> None:
+    name = family(key)
+    CACHE_HITS.labels(name).inc()
+    history.add("hits")
+    history.hits_by_family[name] = history.hits_by_family.get(name, 0) + 1
+    _count_read(False)
+
+
+def record_miss(key: str, seconds: float, queries: int) -> None:
+    name = family(key)
+    _count_read(True)
+    CACHE_MISSES.labels(name).inc()
+    FETCH_SECONDS.labels(name).observe(seconds)
+    history.add("misses")
+    # How many queries a hit on this family saves, as a moving average of real fetches.
+    previous = history.queries_per_fetch.get(name, queries)
+    history.queries_per_fetch[name] = previous * 0.8 + queries * 0.2
+
+
+def record_bypass(key: str) -> None:
+    CACHE_BYPASSES.labels(family(key)).inc()
+    _count_read(True)
+
+
+def record_invalidation() -> None:
+    CACHE_INVALIDATIONS.inc()
+    history.add("invalidations")
+
+
+def record_error() -> None:
+    CACHE_ERRORS.inc()
+
+
+def queries_in_this_thread() -> int:
+    """SQL statements this thread has sent so far (a fetch's cost is the difference)."""
+    return getattr(_local, "queries", 0)
+
+
+@event.listens_for(Engine, "before_cursor_execute")
+def _count_query(*_args) -> None:
+    SQL_QUERIES.inc()
+    history.add("queries")
+    _local.queries = getattr(_local, "queries", 0) + 1
+
+
+def queries_saved() -> int:
+    """Estimated queries the cache spared the database: each family's hits times the
+    queries a fetch of that family costs (a moving average of real fetches)."""
+    return round(sum(hits * history.queries_per_fetch.get(name, 1.0)
+                     for name, hits in list(history.hits_by_family.items())))

@@ -1,0 +1,165 @@
+"""Looking at the cache: /metrics for Prometheus and the admin's live cache panel.
+
+/metrics needs no login (scrapers), so it exposes only the app's own counters and histogram
+(chat_*): no process, platform or interpreter details, and never a key or a name.
+Both views read per-process numbers: under gunicorn every worker counts on its own.
+"""
+from __future__ import annotations
+
+import os
+import time
+from functools import wraps
+
+from flask import Blueprint, Response, abort, make_response, render_template, url_for
+from flask_login import current_user, login_required
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from . import metrics
+from .cache import smart_cache
+from .web import is_fragment_request
+
+bp = Blueprint("observability", __name__)
+
+APP_METRICS = "chat_"
+STARTED = time.time()
+CHART_HEIGHT = 100  # viewBox units; the SVG stretches to the card's width
+SERIES = (("hits", "hits"), ("misses", "misses"), ("invalidations", "invalidations"))
+
+
+class _AppMetrics:
+    """The default registry, filtered to this app's metrics (the process collectors stay out)."""
+
+    def collect(self):
+        for family in REGISTRY.collect():
+            if family.name.startswith(APP_METRICS):
+                yield family
+
+
+def admin_only(view):
+    """Admins only: 403 for agents, the login page for anyone signed out."""
+
+    @login_required
+    def signed_in(*args, **kwargs):
+        if not current_user.is_admin:
+            abort(403)
+        return view(*args, **kwargs)
+
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        if not current_user.is_authenticated and is_fragment_request():
+            # A poll from a page whose session ended: send the whole page to the login form
+            # instead of swapping the login page into the panel.
+            response = Response(status=401)
+            response.headers["HX-Redirect"] = url_for("auth.login", next=url_for("observability.cache"))
+            return response
+        return signed_in(*args, **kwargs)
+
+    return wrapped
+
+
+@bp.get("/metrics")
+def prometheus_metrics():
+    response = make_response(generate_latest(_AppMetrics()))
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/admin/cache")
+@admin_only
+def cache():
+    return _no_store(render_template("admin/cache.html", backend=backend_info(), **panel_context()))
+
+
+@bp.get("/admin/cache/panel")
+@admin_only
+def cache_panel():
+    """The numbers and the chart alone: what the page's htmx poll swaps in every two seconds."""
+    return _no_store(render_template("admin/_cache_panel.html", **panel_context()))
+
+
+def _no_store(body: str) -> Response:
+    response = make_response(body)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# -- what the panel and `flask cache stats` show ----------------------------------------------
+def backend_info() -> dict:
+    """Which backend this app uses, fit to print: never a password."""
+    backend = smart_cache.backend
+    if smart_cache.is_redis:
+        conn = backend._write_client.connection_pool.connection_kwargs
+        where = (f"unix:{conn['path']}" if conn.get("path")
+                 else f"{conn.get('host', 'localhost')}:{conn.get('port', 6379)}") + f"/{conn.get('db', 0)}"
+        return {"kind": "redis", "where": where, "prefix": backend._get_prefix(),
+                "label": f"Redis {where}", "client": backend._write_client}
+    threshold = getattr(backend, "_threshold", None)
+    if threshold is not None:
+        return {"kind": "in-process", "threshold": threshold,
+                "label": f"in-process, {threshold:,} entries max"}
+    return {"kind": "other", "label": type(backend).__name__}
+
+
+def panel_context() -> dict:
+    totals = dict(metrics.history.totals)
+    reads = totals["hits"] + totals["misses"]
+    buckets = metrics.history.snapshot()
+    return {
+        "totals": totals,
+        "hit_ratio": f"{totals['hits'] / reads:.1%}" if reads else "–",
+        "queries_saved": metrics.queries_saved(),
+        "chart": chart(buckets),
+        "pid": os.getpid(),
+        "uptime": _duration(time.time() - STARTED),
+        "panel_url": url_for("observability.cache_panel"),
+    }
+
+
+def chart(buckets: list[dict]) -> dict:
+    """Grouped bars (hits, misses, invalidations) per ten-second bucket, in viewBox units."""
+    top = _nice_ceiling(max((b[field] for b in buckets for field, _ in SERIES), default=0))
+    slot = 10  # viewBox units per bucket
+    width = slot * len(buckets)
+    bar = slot / (len(SERIES) + 1)  # one bar's worth of gap between buckets
+    now = buckets[-1]["start"] if buckets else 0
+    bars = []
+    for i, bucket in enumerate(buckets):
+        ago = now - bucket["start"]
+        when = "this bucket" if ago == 0 else f"{_duration(ago)} ago"
+        for j, (field, noun) in enumerate(SERIES):
+            value = bucket[field]
+            height = value / top * CHART_HEIGHT if top else 0
+            if value:
+                height = max(height, 1.5)  # one is still visible
+            bars.append({
+                "series": field, "value": value, "x": round(i * slot + bar / 2 + j * bar, 3),
+                "y": round(CHART_HEIGHT - height, 3), "width": round(bar, 3), "height": round(height, 3),
+                "title": f"{when}: {value} {noun}",
+            })
+    sums = {field: sum(b[field] for b in buckets) for field, _ in SERIES}
+    return {"bars": bars, "width": round(width, 3), "height": CHART_HEIGHT, "top": top, "sums": sums,
+            "minutes": len(buckets) * metrics.BUCKET_SECONDS // 60}
+
+
+def _nice_ceiling(value: int) -> int:
+    """The scale's top: 1, 2, 5, 10, 20, 50, ... at or above `value`."""
+    if value <= 0:
+        return 0
+    step = 1
+    while True:
+        for m in (1, 2, 5):
+            if step * m >= value:
+                return step * m
+        step *= 10
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s" if seconds else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
