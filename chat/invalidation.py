@@ -102,8 +102,19 @@ def stale_after(changes: Iterable[Change]) -> Stale:
             rooms = _fill(rule.rooms, values) + _fill([r for r, ok in rule.rooms_if if ok(row)], values)
             for room in rooms:
                 if room != "user:none":
-                    stale.rooms.setdefault(room, set()).update(prefixes + tags)
+                    stale.rooms.setdefault(room, set()).update(
+                        prefixes + [t for t in tags if _heard_in(t, room)])
     return stale
+
+
+def _heard_in(tag: str, room: str) -> bool:
+    """A room hears the tags of its own scope only (and the shared ones, like 'directory')."""
+    if tag == "convs:all":
+        return room == "admins"
+    for scope, room_prefix in (("convs:user:", "user:"), ("convs:dept:", "dept:")):
+        if tag.startswith(scope):
+            return room == "admins" or room == room_prefix + tag[len(scope):]
+    return True
 
 
 def _fill(templates: Iterable[str], values: dict) -> list[str]:
