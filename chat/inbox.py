@@ -32,19 +32,44 @@ def _list_args() -> dict:
     return {"tab": tab, "department_id": department, "q": request.args.get("q", "")[:100]}
 
 
-def _list_context(args: dict, cursor: str | None = None) -> dict:
+SNAPSHOT_COOKIE = "inbox_snapshots"
+
+
+def _meta(key: str, etag_keys: list[str], tags: tuple[str, ...]) -> dict:
+    """What a refreshable element carries: its key, the tags that stale it, its current ETag."""
+    return {"key": key, "tags": tags, "etag": fragments.etag(current_user, etag_keys, tags)}
+
+
+def _list_meta(args: dict, cursor: str | None = None) -> dict:
+    key = fragments.conversation_list_key(current_user, cursor=cursor, **args)
+    return _meta(key, [key], fragments.list_scope(current_user, args["tab"])[1])
+
+
+def _counts_meta() -> dict:
+    key = fragments.counts_key(current_user)
+    return _meta(key, [key], fragments.list_scope(current_user, "all")[1])
+
+
+def _shell() -> bool:
+    """This browser keeps this agent's snapshots (the shim said so): send the page without
+    its fragments' contents; the shim paints them from localStorage, or fetches the stale ones."""
+    return request.cookies.get(SNAPSHOT_COOKIE) == str(current_user.id)
+
+
+def _list_context(args: dict, cursor: str | None = None, shell: bool = False) -> dict:
     return {
-        "page": fragments.conversation_list(current_user, cursor=cursor, **args),
+        "page": None if shell else fragments.conversation_list(current_user, cursor=cursor, **args),
         "args": args,
-        "list_key": fragments.conversation_list_key(current_user, **args),
-        "counts_key": fragments.counts_key(current_user),
+        "list_meta": _list_meta(args, cursor),
+        "counts_meta": _counts_meta(),
+        "shell": shell,
     }
 
 
-def _page_context(args: dict) -> dict:
+def _page_context(args: dict, shell: bool = False) -> dict:
     return {
-        **_list_context(args),
-        "counts": fragments.tab_counts(current_user),
+        **_list_context(args, shell=shell),
+        "counts": None if shell else fragments.tab_counts(current_user),
         "departments": fragments.departments(),
     }
 
@@ -56,7 +81,7 @@ def home():
 
 @bp.get("/inbox")
 def index():
-    return render_template("inbox/index.html", **_page_context(_list_args()), conversation=None)
+    return render_template("inbox/index.html", **_page_context(_list_args(), _shell()), conversation=None)
 
 
 @bp.get("/inbox/list")
@@ -64,18 +89,16 @@ def conversation_list():
     """The list fragment; with a cursor, just the next rows for infinite scroll."""
     args = _list_args()
     cursor = request.args.get("cursor")
-    key = fragments.conversation_list_key(current_user, cursor=cursor, **args)
-    etag = fragments.etag(current_user, [key], fragments.list_scope(current_user, args["tab"])[1])
+    meta = _list_meta(args, cursor)
     template = "inbox/_rows.html" if cursor else "inbox/_list.html"
-    return cached_fragment(etag, lambda: render_template(template, **_list_context(args, cursor)))
+    return cached_fragment(meta["etag"], lambda: render_template(template, **_list_context(args, cursor)))
 
 
 @bp.get("/inbox/counts")
 def counts():
-    key = fragments.counts_key(current_user)
-    etag = fragments.etag(current_user, [key], fragments.list_scope(current_user, "all")[1])
-    return cached_fragment(etag, lambda: render_template(
-        "inbox/_counts.html", counts=fragments.tab_counts(current_user), args=_list_args(), counts_key=key))
+    meta = _counts_meta()
+    return cached_fragment(meta["etag"], lambda: render_template(
+        "inbox/_counts.html", counts=fragments.tab_counts(current_user), args=_list_args(), counts_meta=meta))
 
 
 def _visible_summary(conversation_id: int) -> dict:
@@ -90,12 +113,24 @@ def _pane_keys(conversation_id: int) -> list[str]:
             "quick_replies", "agents", "departments"]
 
 
-def _pane_context(conversation_id: int, error: str | None = None) -> dict:
+def _pane_meta(conversation_id: int) -> dict:
+    return _meta(fragments.conversation_key(conversation_id), _pane_keys(conversation_id), (DIRECTORY,))
+
+
+def _messages_meta(conversation_id: int, before: int | None = None) -> dict:
+    key = fragments.messages_key(conversation_id, before)
+    return _meta(key, [key], (DIRECTORY,))
+
+
+def _pane_context(conversation_id: int, error: str | None = None, shell: bool = False) -> dict:
+    if shell:
+        return {"conversation": _visible_summary(conversation_id), "pane_meta": _pane_meta(conversation_id),
+                "shell": True}
     return {
         "conversation": _visible_summary(conversation_id),
         "messages": fragments.messages(conversation_id),
-        "messages_key": fragments.messages_key(conversation_id),
-        "pane_key": fragments.conversation_key(conversation_id),
+        "messages_meta": _messages_meta(conversation_id),
+        "pane_meta": _pane_meta(conversation_id),
         "quick_replies": fragments.quick_replies(),
         "agents": [a for a in fragments.agents() if a["active"] and a["id"] != current_user.id],
         "departments": fragments.departments(),
@@ -110,9 +145,11 @@ def conversation(conversation_id: int):
     if summary["unread_count"] and summary["user"] and summary["user"]["id"] == current_user.id:
         domain.mark_read(conversation_id, current_user)  # its commit invalidates the summary
     if is_fragment_request():
-        etag = fragments.etag(current_user, _pane_keys(conversation_id), (DIRECTORY,))
+        etag = _pane_meta(conversation_id)["etag"]
         return cached_fragment(etag, lambda: render_template("inbox/_pane.html", **_pane_context(conversation_id)))
-    return render_template("inbox/index.html", **{**_page_context(_list_args()), **_pane_context(conversation_id)})
+    shell = _shell()
+    return render_template("inbox/index.html",
+                           **{**_page_context(_list_args(), shell), **_pane_context(conversation_id, shell=shell)})
 
 
 @bp.get("/conversations/<int:conversation_id>/messages")
@@ -120,13 +157,12 @@ def messages(conversation_id: int):
     """The messages fragment; with ?before=<id>, the older page that "load older" prepends."""
     _visible_summary(conversation_id)
     before = request.args.get("before", type=int)
-    key = fragments.messages_key(conversation_id, before)
     template = "inbox/_older.html" if before else "inbox/_messages.html"
-    return cached_fragment(fragments.etag(current_user, [key], (DIRECTORY,)), lambda: render_template(
+    return cached_fragment(_messages_meta(conversation_id, before)["etag"], lambda: render_template(
         template,
         messages=fragments.messages(conversation_id, before),
         conversation={"id": conversation_id},
-        messages_key=fragments.messages_key(conversation_id),
+        messages_meta=_messages_meta(conversation_id),
     ))
 
 

@@ -7,6 +7,7 @@
     if (window.htmx) {
       htmx.config.responseHandling = [
         { code: "204", swap: false },
+        { code: "304", swap: false },  // our validator matched: what is on screen is current
         { code: "[23]..", swap: true },
         { code: "4..", swap: true, error: false },
         { code: "...", swap: false, error: true },
@@ -15,6 +16,8 @@
     enhance(document.body);
   });
   document.addEventListener("htmx:afterSettle", function (event) { enhance(event.target); });
+  // The shim painted snapshots: mark the open row and local times on them too.
+  document.addEventListener("inbox:painted", function () { enhance(document.body); });
 
   // The open conversation's row is highlighted here, not on the server, so one cached
   // list serves every conversation the agent opens.

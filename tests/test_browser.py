@@ -11,169 +11,58 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
-import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent  # the venv running pytest; deliberately not resolved
-IN_CI = os.environ.get("CI", "").lower() == "true"
-INBOUND_TOKEN = "browser-token"
-EMAIL, PASSWORD = "ana@example.com", "demo-pass"
-TIMEOUT_MS = 5_000
-VIEWPORT = {"width": 1366, "height": 800}
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+from tests.live import ROOT, LiveServer, launch_chromium, log_in, new_page, row, tab
 
-
-def _unavailable(reason: str):
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: tests must not skip)")
-    pytest.skip(reason)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _http() -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False  # never send loopback traffic through a proxy from the environment
-    return session
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)  # gunicorn: graceful shutdown
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
+EMAIL = "ana@example.com"
 
 
 @pytest.fixture(scope="module")
-def live_server(tmp_path_factory):
-    """Base URL of a gunicorn (gthread) server on a fresh, migrated and seeded SQLite database."""
-    tmp = tmp_path_factory.mktemp("browser")
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{tmp / 'browser.db'}",
-        "SECRET_KEY": "browser-test-secret",
-        "INBOUND_TOKEN": INBOUND_TOKEN,
-        "PYTHONUNBUFFERED": "1",
-    }
-    flask = [str(BIN / "flask"), "--app", "app"]
-    for args in (["db", "upgrade"], ["seed", "--agents", "3", "--conversations", "40", "--messages", "200"]):
-        done = subprocess.run(flask + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, f"flask {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+def server(tmp_path_factory):
+    live = LiveServer(tmp_path_factory.mktemp("browser"),
+                      seed=("--agents", "3", "--conversations", "40", "--messages", "200"))
+    live.start()
+    yield live
+    live.cleanup()
 
-    port = _free_port()
-    log_path = tmp / "gunicorn.log"
-    log = log_path.open("w")
-    server = subprocess.Popen(
-        [str(BIN / "gunicorn"), "--worker-class", "gthread", "--workers", "1", "--threads", "20",
-         "--bind", f"127.0.0.1:{port}", "--access-logfile", "-", "app:app"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        http = _http()
-        deadline = time.monotonic() + 20
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"gunicorn exited with {server.returncode}:\n{log_path.read_text()}")
-            try:
-                if http.get(f"{base}/login", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"gunicorn did not answer /login within 20 s:\n{log_path.read_text()}")
-            time.sleep(0.1)
-        yield base
-    finally:
-        _stop(server)
-        log.close()
+
+@pytest.fixture(scope="module")
+def live_server(server):
+    return server.base
 
 
 @pytest.fixture(scope="module")
 def browser():
     try:
-        from playwright.sync_api import Error as PlaywrightError, sync_playwright
+        from playwright.sync_api import sync_playwright
     except ImportError:
-        _unavailable("playwright is not installed")
-    executable = shutil.which("chromium") or "/usr/bin/chromium"
-    if not os.access(executable, os.X_OK):
-        _unavailable(f"chromium not found ({executable}); `make chromium` installs it")
+        from tests.live import unavailable
+
+        unavailable("playwright is not installed")
     with sync_playwright() as p:
-        try:
-            browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        except PlaywrightError as exc:
-            _unavailable(f"chromium at {executable} did not start: {exc}")
-        try:
-            yield browser
-        finally:
-            browser.close()
+        browser = launch_chromium(p)
+        yield browser
+        browser.close()
 
 
 @pytest.fixture
 def page(browser, live_server):
-    from playwright.sync_api import expect
-
-    expect.set_options(timeout=TIMEOUT_MS)
-    context = browser.new_context(viewport=VIEWPORT, base_url=live_server, locale="en-US",
-                                  timezone_id="UTC")
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
     errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
-
-    def on_console(msg):
-        url = (msg.location or {}).get("url", "")
-        if msg.type == "error" and not url.endswith("/favicon.ico"):  # no favicon is not a bug
-            errors.append(f"console: {msg.text} ({url})")
-
-    page.on("console", on_console)
+    page = new_page(browser, live_server, errors)
     yield page
-    context.close()
+    page.context.close()
     assert not errors, "the browser reported errors:\n" + "\n".join(errors)
 
 
 def inbound(base: str, **message) -> int:
-    """POST /api/inbound as the messaging provider; returns the conversation id."""
-    response = _http().post(f"{base}/api/inbound", json=message, timeout=5,
-                            headers={"Authorization": f"Bearer {INBOUND_TOKEN}"})
+    from tests.live import INBOUND_TOKEN, http
+
+    response = http().post(f"{base}/api/inbound", json=message, timeout=5,
+                           headers={"Authorization": f"Bearer {INBOUND_TOKEN}"})
     assert response.status_code in (200, 201), response.text
     return response.json()["data"]["conversation_id"]
-
-
-def log_in(page, email: str = EMAIL, password: str = PASSWORD) -> None:
-    from playwright.sync_api import expect
-
-    page.goto("/login")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password", exact=True).fill(password)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page).to_have_url(re.compile(r"/inbox(\?|$)"))
-
-
-def tab(page, name: str):
-    return page.locator("#tabs").get_by_role("link", name=re.compile(rf"^\s*{name}\b"))
-
-
-def row(page, contact_name: str):
-    return page.locator("#conversation-list li.row").filter(has_text=contact_name)
 
 
 def test_accept_reply_and_find_it_under_mine(page, live_server):
@@ -181,7 +70,7 @@ def test_accept_reply_and_find_it_under_mine(page, live_server):
 
     conversation_id = inbound(live_server, phone="+5511988887777", name="Browser Tester",
                               body="Hello from the browser test", external_id="browser-1")
-    log_in(page)
+    log_in(page, EMAIL)
 
     # Pending is the default tab; the fresh conversation (no department) is visible to ana.
     expect(tab(page, "Pending")).to_have_attribute("aria-current", "page")
@@ -243,7 +132,7 @@ def test_message_markup_is_shown_as_text_and_never_runs(page, live_server):
     markup = "<b>bold</b><script>window.pwned=1</script>"
     conversation_id = inbound(live_server, phone="+5511977776666", name="Markup Tester",
                               body=markup, external_id="browser-markup-1")
-    log_in(page)
+    log_in(page, EMAIL)
 
     # In the list preview...
     target = row(page, "Markup Tester")

@@ -223,7 +223,9 @@ def test_cache_clear_makes_cached_fragments_miss(app, runner, world, login):
         assert again.status_code == 200
         assert again.headers["X-Cache"] == "MISS"
         assert queries, "after clear the list must be fetched from the database again"
-        assert again.get_data(as_text=True) == cached.get_data(as_text=True)
+        # same content; only the validator moved with the new epoch
+        strip = lambda r: re.sub(r'data-etag="[^"]*"', "", r.get_data(as_text=True))  # noqa: E731
+        assert strip(again) == strip(cached)
         queries.clear()
         assert admin.get(LIST, htmx=True).headers["X-Cache"] == "HIT" and queries == []
     finally:

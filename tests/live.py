@@ -1,0 +1,173 @@
+"""A live app for browser tests: gunicorn serving a migrated, seeded SQLite database (with
+Redis as cache and Socket.IO queue when asked), which a test may stop and start again,
+plus Debian's chromium driven by Playwright.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # the venv running pytest; deliberately not resolved
+IN_CI = os.environ.get("CI", "").lower() == "true"
+INBOUND_TOKEN = "browser-token"
+PASSWORD = "demo-pass"
+TIMEOUT_MS = 5_000
+VIEWPORT = {"width": 1366, "height": 800}
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def unavailable(reason: str):
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: tests must not skip)")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http() -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # never send loopback traffic through a proxy from the environment
+    return session
+
+
+class LiveServer:
+    """gunicorn (gthread, like `make run`) on a fixed loopback port, restartable."""
+
+    def __init__(self, tmp: Path, redis_url: str | None = None, seed: tuple[str, ...] = ()):
+        self.tmp, self.port = tmp, free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.redis_url, self.prefix = redis_url, f"chat-test-{uuid.uuid4().hex[:10]}:"
+        self.env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp / 'live.db'}",
+                    "SECRET_KEY": "browser-test-secret", "INBOUND_TOKEN": INBOUND_TOKEN,
+                    "PYTHONUNBUFFERED": "1"}
+        if redis_url:
+            self.env.update(REDIS_URL=redis_url, CACHE_KEY_PREFIX=self.prefix,
+                            SOCKETIO_CHANNEL=self.prefix + "socketio")
+        else:
+            self.env.pop("REDIS_URL", None)
+        self.log_path = tmp / "gunicorn.log"
+        self.process: subprocess.Popen | None = None
+        flask = [str(BIN / "flask"), "--app", "app"]
+        for args in (["db", "upgrade"], ["seed", *seed]):
+            done = subprocess.run(flask + args, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, f"flask {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+
+    def start(self) -> None:
+        log = self.log_path.open("a")
+        self.process = subprocess.Popen(
+            [str(BIN / "gunicorn"), "--worker-class", "gthread", "--workers", "1", "--threads", "50",
+             "--bind", f"127.0.0.1:{self.port}", "--access-logfile", "-", "app:app"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)  # its own process group: stop() ends the workers too
+        deadline = time.monotonic() + 20
+        while True:
+            if self.process.poll() is not None:
+                pytest.fail(f"gunicorn exited with {self.process.returncode}:\n{self.log_path.read_text()}")
+            try:
+                if http().get(f"{self.base}/login", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"gunicorn did not answer /login within 20 s:\n{self.log_path.read_text()}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Stop now, like a crash or a network cut: open Socket.IO connections drop too."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGINT)  # gunicorn: quick shutdown, workers included
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=5)
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self.redis_url:
+            import redis
+
+            client = redis.Redis.from_url(self.redis_url)
+            for key in client.scan_iter(match=self.prefix + "*"):
+                client.delete(key)
+
+    def inbound(self, **message) -> int:
+        """POST /api/inbound as the messaging provider; returns the conversation id."""
+        response = http().post(f"{self.base}/api/inbound", json=message, timeout=5,
+                               headers={"Authorization": f"Bearer {INBOUND_TOKEN}"})
+        assert response.status_code in (200, 201), response.text
+        return response.json()["data"]["conversation_id"]
+
+
+def launch_chromium(playwright):
+    from playwright.sync_api import Error as PlaywrightError
+
+    executable = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.access(executable, os.X_OK):
+        unavailable(f"chromium not found ({executable}); `make chromium` installs it")
+    try:
+        return playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+    except PlaywrightError as exc:
+        unavailable(f"chromium at {executable} did not start: {exc}")
+
+
+def new_page(browser, base_url: str, errors: list[str]):
+    """A page in a fresh context (its own cookies and localStorage) that records JS errors."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    context = browser.new_context(viewport=VIEWPORT, base_url=base_url, locale="en-US", timezone_id="UTC")
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+
+    def on_console(msg):
+        url = (msg.location or {}).get("url", "")
+        if msg.type == "error" and not _expected_console_error(msg.text, url):
+            errors.append(f"console: {msg.text} ({url})")
+
+    page.on("console", on_console)
+    return page
+
+
+def _expected_console_error(text: str, url: str) -> bool:
+    # While a test has stopped the server, failed connections are the point (htmx logs its
+    # network failures, which the shim turns into the offline banner).
+    return ("ERR_CONNECTION_REFUSED" in text or text in ("htmx:sendError", "htmx:afterRequest")
+            or "Failed to load resource" in text and "socket.io" in url)
+
+
+def log_in(page, email: str, password: str = PASSWORD) -> None:
+    from playwright.sync_api import expect
+
+    page.goto("/login")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(re.compile(r"/inbox(\?|$)"))
+
+
+def tab(page, name: str):
+    return page.locator("#tabs").get_by_role("link", name=re.compile(rf"^\s*{name}\b"))
+
+
+def row(page, contact_name: str):
+    return page.locator("#conversation-list li.row").filter(has_text=contact_name)
