@@ -236,5 +236,10 @@ def contacts():
 
 @bp.get("/dashboard")
 def dashboard():
-    return render_template("dashboard/index.html", stats=fragments.dashboard(current_user),
-                           dashboard_key=fragments.dashboard_key(current_user))
+    """The dashboard page, or (for htmx) just its numbers, which refresh live."""
+    key = fragments.dashboard_key(current_user)
+    meta = _meta(key, [key], fragments.list_scope(current_user, "all")[1])
+    if is_fragment_request():
+        return cached_fragment(meta["etag"], lambda: render_template(
+            "dashboard/_stats.html", stats=fragments.dashboard(current_user), dashboard_meta=meta))
+    return render_template("dashboard/index.html", stats=fragments.dashboard(current_user), dashboard_meta=meta)

@@ -39,7 +39,7 @@ def queries(app):
 
 
 HTMX_URLS = ["/inbox/list?tab=pending", "/inbox/list?tab=mine", "/inbox/list?tab=all&q=andre",
-             "/inbox/counts", "/conversations/{active_ana}", "/conversations/{active_ana}/messages"]
+             "/inbox/counts", "/conversations/{active_ana}", "/conversations/{active_ana}/messages", "/dashboard"]
 PAGE_URLS = ["/inbox", "/inbox?tab=closed", "/conversations/{active_ana}", "/dashboard", "/contacts"]
 
 

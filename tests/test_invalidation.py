@@ -16,7 +16,7 @@ from chat.models import Conversation, User
 from tests.conftest import Agent, make_config
 
 AGENTS = ("admin@example.com", "ana@example.com", "bruno@example.com", "carla@example.com")
-FRAGMENTS = ["/inbox/list?tab=pending", "/inbox/list?tab=mine", "/inbox/list?tab=closed",
+FRAGMENTS = ["/inbox/list?tab=pending", "/inbox/list?tab=mine", "/inbox/list?tab=closed", "/dashboard",
              "/inbox/list?tab=all", "/inbox/counts"]
 CONVERSATION_FRAGMENTS = ["/conversations/{id}/messages"]
 API = ["/api/conversations?status=pending", "/api/conversations?status=mine", "/api/conversations?status=all"]
