@@ -441,3 +441,17 @@ def test_app_fails_open_when_redis_stops(private_redis, database_url, caplog):
         with app.app_context():
             db.drop_all()
             db.engine.dispose()
+
+
+def test_waiter_whose_filler_died_fetches_itself(redis_backend, monkeypatch):
+    """Single flight never fails a reader: if the lock holder is gone, the waiter fetches."""
+    import chat.cache as cache_module
+
+    app, cache = redis_backend
+    monkeypatch.setattr(cache_module, "LOCK_SECONDS", 0.3)
+    with app.app_context():
+        client = cache.backend._write_client
+        client.set(cache.backend._get_prefix() + "l:counts:user:9", "a-filler-that-died", px=60_000)
+        started = time.monotonic()
+        assert cache.get_or_fetch("counts:user:9", lambda: "fetched myself") == "fetched myself"
+        assert 0.25 <= time.monotonic() - started < 5

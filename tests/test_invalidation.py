@@ -156,3 +156,34 @@ def test_no_stale_read_across_apps(world, database_url, redis_cache_config):
         for instance in (writer, other):
             with instance.app_context():
                 db.engine.dispose()
+
+
+def test_no_stale_set_through_the_app(app, world, login, monkeypatch):
+    """A reader whose fetch read the database before a commit, and stores after the commit's
+    invalidation, must not be served to anyone afterwards."""
+    import threading
+
+    from chat import queries
+
+    original = queries.list_conversations
+    fetched, release = threading.Event(), threading.Event()
+
+    def slow_list(*args, **kwargs):
+        result = original(*args, **kwargs)  # read the old data...
+        if not fetched.is_set():
+            fetched.set()
+            release.wait(5)  # ...and store it only after the commit below
+        return result
+
+    monkeypatch.setattr(queries, "list_conversations", slow_list)
+    ana = login("ana@example.com")
+    ana.get("/inbox/counts", htmx=True)  # warm the session's own lookups
+    reader = threading.Thread(target=lambda: ana.get("/inbox/list?tab=mine", htmx=True))
+    reader.start()
+    assert fetched.wait(5)
+    with app.app_context():
+        domain.close_conversation(world.active_ana, user("ana@example.com"))  # commit + invalidate
+    release.set()
+    reader.join(5)
+    html = login("ana@example.com").get("/inbox/list?tab=mine", htmx=True).get_data(as_text=True)
+    assert "Andre Active" not in html
