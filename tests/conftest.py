@@ -236,6 +236,21 @@ def login(app):
     return _login
 
 
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium under Playwright, shared by the browser tests."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed")
+    from tests.live import launch_chromium
+
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        yield browser
+        browser.close()
+
+
 @pytest.fixture
 def token(app):
     """token('ana@example.com') → that agent's API bearer header."""

@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from tests.live import ROOT, LiveServer, launch_chromium, log_in, new_page, row, tab
+from tests.live import ROOT, LiveServer, log_in, new_page, row, tab
 
 EMAIL = "ana@example.com"
 
@@ -33,20 +33,6 @@ def live_server(server):
     return server.base
 
 
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        from tests.live import unavailable
-
-        unavailable("playwright is not installed")
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
 def page(browser, live_server):
     errors: list[str] = []
@@ -56,19 +42,10 @@ def page(browser, live_server):
     assert not errors, "the browser reported errors:\n" + "\n".join(errors)
 
 
-def inbound(base: str, **message) -> int:
-    from tests.live import INBOUND_TOKEN, http
-
-    response = http().post(f"{base}/api/inbound", json=message, timeout=5,
-                           headers={"Authorization": f"Bearer {INBOUND_TOKEN}"})
-    assert response.status_code in (200, 201), response.text
-    return response.json()["data"]["conversation_id"]
-
-
-def test_accept_reply_and_find_it_under_mine(page, live_server):
+def test_accept_reply_and_find_it_under_mine(page, server):
     from playwright.sync_api import expect
 
-    conversation_id = inbound(live_server, phone="+5511988887777", name="Browser Tester",
+    conversation_id = server.inbound(phone="+5511988887777", name="Browser Tester",
                               body="Hello from the browser test", external_id="browser-1")
     log_in(page, EMAIL)
 
@@ -126,11 +103,11 @@ def test_accept_reply_and_find_it_under_mine(page, live_server):
         page.screenshot(path=str(out))
 
 
-def test_message_markup_is_shown_as_text_and_never_runs(page, live_server):
+def test_message_markup_is_shown_as_text_and_never_runs(page, server):
     from playwright.sync_api import expect
 
     markup = "<b>bold</b><script>window.pwned=1</script>"
-    conversation_id = inbound(live_server, phone="+5511977776666", name="Markup Tester",
+    conversation_id = server.inbound(phone="+5511977776666", name="Markup Tester",
                               body=markup, external_id="browser-markup-1")
     log_in(page, EMAIL)
 

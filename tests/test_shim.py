@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.conftest import REDIS_URL
-from tests.live import LiveServer, http, launch_chromium, log_in, new_page, row, unavailable
+from tests.live import LiveServer, http, log_in, new_page, row, unavailable
 
 FRAGMENTS = re.compile(r"/(inbox/list|inbox/counts|conversations/\d+)(\?|$|/messages)")
 LIVE_MS = 1_000  # "within a blink"
@@ -30,18 +30,6 @@ def server(request, tmp_path_factory):
     live.start()
     yield live
     live.cleanup()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        unavailable("playwright is not installed")
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
