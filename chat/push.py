@@ -15,7 +15,7 @@ import logging
 
 from flask import Flask
 from flask_login import current_user
-from flask_socketio import SocketIO, join_room
+from flask_socketio import ConnectionRefusedError, SocketIO, join_room
 
 log = logging.getLogger("chat.push")
 socketio = SocketIO()
@@ -48,7 +48,7 @@ def init_app(app: Flask) -> None:
 def connect(auth=None):
     """Refuse anonymous connections; join the rooms this agent is entitled to."""
     if not current_user.is_authenticated or not current_user.is_active:
-        raise ConnectionRefusedError("sign in first")
+        raise ConnectionRefusedError("sign in first")  # the shim sends the page to /login
     for room in rooms_for(current_user):
         join_room(room)
 

@@ -155,7 +155,7 @@
 
   function revalidateAll() { schedule(cached()); }
 
-  var socket = window.io ? io({ transports: ["websocket", "polling"] }) : null;
+  var socket = window.io ? io() : null;  // long-polling first, then upgraded to a WebSocket
   if (socket) {
     socket.on("data:updated", function (data) {
       var keys = (data && data.keys) || [];
@@ -169,7 +169,13 @@
       connectedBefore = true;
     });
     socket.on("disconnect", function () { window.__inboxSocketConnected = false; offline(); });
-    socket.on("connect_error", function () { offline(); });
+    socket.on("connect_error", function (err) {
+      if (err && err.message === "sign in first") {  // the session ended: not offline, signed out
+        window.location.assign("/login?next=" + encodeURIComponent(location.pathname + location.search));
+        return;
+      }
+      offline();
+    });
   }
   document.addEventListener("visibilitychange", function () {
     if (document.visibilityState === "visible") { revalidateAll(); }

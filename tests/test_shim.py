@@ -208,3 +208,16 @@ def test_offline_banner_screenshot(open_page, server, request):
         page.screenshot(path=str(ROOT / "docs" / "offline.png"))
     finally:
         server.start()
+
+
+def test_a_socket_refused_for_an_ended_session_leads_to_sign_in(open_page, server):
+    """Not 'offline': the server is there but the session is gone, so say sign in."""
+    from playwright.sync_api import expect
+
+    page = open_page()
+    log_in(page, "bruno@example.com")
+    connected(page)
+    page.context.clear_cookies()  # the session ends (expired, or signed out elsewhere)
+    server.stop()
+    server.start()  # the socket reconnects, now without a session, and is refused
+    expect(page).to_have_url(re.compile(r"/login\?next="), timeout=15_000)
