@@ -140,12 +140,14 @@ def test_logout_clears_snapshots_and_the_next_agent_sees_none(open_page):
     log_in(page, "ana@example.com")
     expect(page.locator("#conversation-list li.row").first).to_be_visible()
     agent_id = page.evaluate("document.body.dataset.agentId")
+    page.wait_for_function("() => Object.keys(localStorage).some(k => k.startsWith('inbox:'))")
     assert page.evaluate(f"Object.keys(localStorage).filter(k => k.startsWith('inbox:v1:{agent_id}:')).length") > 0
     page.get_by_role("button", name="Sign out").click()
     expect(page).to_have_url(re.compile(r"/login"))
     assert page.evaluate("Object.keys(localStorage).filter(k => k.startsWith('inbox:')).length") == 0
     log_in(page, "bruno@example.com")
     bruno_id = page.evaluate("document.body.dataset.agentId")
+    page.wait_for_function("() => Object.keys(localStorage).some(k => k.startsWith('inbox:'))")
     keys = page.evaluate("Object.keys(localStorage)")
     assert keys and all(k.startswith(f"inbox:v1:{bruno_id}:") for k in keys if k.startswith("inbox:"))
 
