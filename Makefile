@@ -5,13 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 FLASK := $(BIN)/flask --app app
 PORT ?= 5000
+# Each connected browser holds one thread for its Socket.IO connection; requests need a few more.
+THREADS ?= 300
 # Both databases and both cache backends by default; e.g. CHAT_TEST_DATABASES=sqlite
 # CHAT_TEST_CACHES=simple narrows it.
 CHAT_TEST_DATABASES ?= sqlite,postgresql
 CHAT_TEST_CACHES ?= simple,redis
 export CHAT_TEST_DATABASES CHAT_TEST_CACHES
 
-.PHONY: run test deps assets chromium services clean
+.PHONY: run test deps assets chromium services clean bench wrk
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +35,7 @@ run: deps
 	$(FLASK) seed --if-empty
 	@echo "Inbound webhook token: $$($(FLASK) inbound-token)"
 	@echo "Serving the inbox on http://127.0.0.1:$(PORT)"
-	$(BIN)/gunicorn --worker-class gthread --workers 1 --threads 100 \
+	$(BIN)/gunicorn --worker-class gthread --workers 1 --threads $(THREADS) --worker-connections $(THREADS) \
 		--bind 127.0.0.1:$(PORT) --access-logfile - app:app
 
 # Debian's chromium for the browser tests (Playwright drives it; it never downloads a browser).
@@ -47,6 +49,21 @@ services:
 
 test: deps chromium services
 	$(BIN)/pytest
+
+# make bench: every benchmark side by side (see "Performance" in README.md); writes
+# bench/results/<name>.json and charts. BENCH_ARGS=--quick is the smoke run the tests use.
+BENCH_ARGS ?=
+
+$(VENV)/.bench-installed: pyproject.toml $(BIN)/.installed
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@
+
+# Debian's wrk (the HTTP load generator) and redis-server (bench starts a private one).
+wrk:
+	@command -v wrk >/dev/null && command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk redis-server >/dev/null; }
+
+bench: deps chromium wrk $(VENV)/.bench-installed
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules static/vendor

@@ -146,7 +146,8 @@ def conversation(conversation_id: int):
         domain.mark_read(conversation_id, current_user)  # its commit invalidates the summary
     if is_fragment_request():
         etag = _pane_meta(conversation_id)["etag"]
-        return cached_fragment(etag, lambda: render_template("inbox/_pane.html", **_pane_context(conversation_id)))
+        return cached_fragment(etag, lambda: render_template("inbox/_pane.html", **_pane_context(conversation_id)),
+                               keep_html=False)  # its forms carry this session's CSRF token
     shell = _shell()
     return render_template("inbox/index.html",
                            **{**_page_context(_list_args(), shell), **_pane_context(conversation_id, shell=shell)})

@@ -74,7 +74,12 @@ def request_cache_state() -> str | None:
     return "MISS" if _local.misses else "HIT"
 
 
-def _count_read(missed: bool) -> None:
+RENDERED = "html"  # rendered fragments: a miss there re-renders from cached data, no SQL
+
+
+def _count_read(missed: bool, key: str) -> None:
+    if family(key) == RENDERED:
+        return  # X-Cache says whether the database was needed, not whether a template ran
     _local.reads = getattr(_local, "reads", 0) + 1
     if missed:
         _local.misses = getattr(_local, "misses", 0) + 1
@@ -85,12 +90,12 @@ def record_hit(key: str) -> None:
     CACHE_HITS.labels(name).inc()
     history.add("hits")
     history.hits_by_family[name] = history.hits_by_family.get(name, 0) + 1
-    _count_read(False)
+    _count_read(False, key)
 
 
 def record_miss(key: str, seconds: float, queries: int) -> None:
     name = family(key)
-    _count_read(True)
+    _count_read(True, key)
     CACHE_MISSES.labels(name).inc()
     FETCH_SECONDS.labels(name).observe(seconds)
     history.add("misses")
@@ -101,7 +106,7 @@ def record_miss(key: str, seconds: float, queries: int) -> None:
 
 def record_bypass(key: str) -> None:
     CACHE_BYPASSES.labels(family(key)).inc()
-    _count_read(True)
+    _count_read(True, key)
 
 
 def record_invalidation() -> None:

@@ -1,6 +1,7 @@
 """What every HTML page shares: error pages, template filters and the htmx helpers."""
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 
 from typing import Callable, Iterable
@@ -11,7 +12,10 @@ from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
 from . import metrics
+from .cache import smart_cache
 from .errors import DomainError
+from .extensions import db
+from .invalidation import has_pending_writes
 
 
 def is_fragment_request() -> bool:
@@ -95,12 +99,20 @@ def _initials(name: str | None) -> str:
     return "".join(p[0] for p in parts[:2]).upper() or "?"
 
 
-def cached_fragment(etag: str | None, render: Callable[[], str]) -> Response:
+def cached_fragment(etag: str | None, render: Callable[[], str], keep_html: bool = True) -> Response:
     """Answer 304 when the browser's copy carries the current ETag (no query, no render),
-    otherwise render and send it with the ETag so the next refresh can revalidate."""
+    otherwise send the fragment with its ETag so the next refresh can revalidate.
+
+    The ETag names the exact data and viewer, so the rendered HTML is cached under it too:
+    a hit neither queries nor renders. keep_html=False for fragments holding a per-session
+    CSRF token (their forms), which must be rendered for each session."""
     if etag and etag in _if_none_match():
         response = Response(status=304)
         response.headers["X-Cache"] = "HIT"
+    elif etag and keep_html:
+        digest = hashlib.sha1(f"{request.full_path}|{etag}".encode()).hexdigest()[:24]
+        response = make_response(smart_cache.get_or_fetch(f"{metrics.RENDERED}:{digest}", render,
+                                                          bypass=has_pending_writes(db.session)))
     else:
         response = make_response(render())
     if etag:
