@@ -1,0 +1,182 @@
+"""6. In the browser: Playwright driving Debian's chromium against gunicorn (bench app, default
+in-process cache), SQLite copy of the seeded database.
+
+- First visit: navigation start -> the shim's `inbox:painted` (list rendered by the server).
+- Repeat visit (snapshots in localStorage, the server sends empty shells): the shim's start
+  (its first statement; the bench prefixes shim.js through a Playwright route, the product
+  file is untouched) -> `inbox:painted` (list painted from the snapshot), plus navigation start
+  -> painted, and how many fragment requests (HX-Request) the visit made.
+- Live update: Ana and Bruno both on Pending; a contact writes in (POST /api/inbound); time
+  from sending that request to the message text appearing in Bruno's list (a MutationObserver
+  in his page; both clocks are this machine's wall clock). The shim waits 50-200 ms of jitter
+  on purpose before refetching, so this is push + jitter + fragment fetch + swap.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from .common import INBOUND_TOKEN, PASSWORD, Gunicorn, Unavailable, app_env, copy_database, http, percentile
+
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+INIT = """
+window.__painted = null;
+document.addEventListener("inbox:painted", function () { window.__painted = performance.now(); });
+"""
+SHIM_PREFIX = "window.__shimStart = performance.now();\n"
+
+
+def _launch(playwright):
+    exe = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.access(exe, os.X_OK):
+        raise Unavailable(f"chromium not found ({exe}); `make chromium` installs it")
+    return playwright.chromium.launch(executable_path=exe, args=ARGS)
+
+
+def _page(browser, base: str, email: str):
+    context = browser.new_context(base_url=base, viewport={"width": 1366, "height": 800})
+    context.set_default_timeout(15_000)
+    context.add_init_script(INIT)
+
+    def shim(route):
+        response = route.fetch()
+        route.fulfill(response=response, body=SHIM_PREFIX + response.text())
+
+    context.route("**/static/shim.js*", shim)
+    page = context.new_page()
+    page.goto("/login")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/inbox*")
+    return page
+
+
+def _visit(page) -> dict:
+    fragments = []
+
+    def on_request(request):
+        if request.headers.get("hx-request") == "true":
+            fragments.append(request.url)
+
+    page.on("request", on_request)
+    try:
+        page.goto("/inbox?tab=pending")
+        page.wait_for_function("() => window.__painted !== null")
+        page.wait_for_load_state("networkidle")
+        timing = page.evaluate("""() => ({
+            painted: window.__painted, shimStart: window.__shimStart || null,
+            rows: document.querySelectorAll('#conversation-list li.row').length})""")
+    finally:
+        page.remove_listener("request", on_request)
+    return {"nav_to_painted_ms": round(timing["painted"], 1),
+            "shim_to_painted_ms": round(timing["painted"] - timing["shimStart"], 2) if timing["shimStart"] else None,
+            "fragment_requests": len(fragments), "rows": timing["rows"]}
+
+
+def run(ctx) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    repeats = ctx.sizes.browser_repeats
+    database = copy_database(ctx.database, ctx.workdir / "browser.db")
+    results: dict = {"settings": {"browser": "Debian chromium via Playwright", "cache": "in-process (default)",
+                                  "repeats": repeats, "viewport": "1366x800"}}
+    with ctx.stack_scope() as stack:
+        server = Gunicorn(ctx.workdir, app_env(database), name="browser")
+        stack.callback(server.stop)
+        playwright = stack.enter_context(sync_playwright())
+        browser = _launch(playwright)
+        stack.callback(browser.close)
+
+        ana = _page(browser, server.base, "ana@example.com")
+        ana.evaluate("() => localStorage.clear()")
+        ana.context.clear_cookies(name="inbox_snapshots")
+        first = _visit(ana)  # no snapshots yet: the server renders the list
+        repeat = [_visit(ana) for _ in range(repeats)]
+        results["first_visit"] = first
+        results["repeat_visit"] = {
+            "runs": repeat,
+            "shim_to_painted_ms_p50": _p(repeat, "shim_to_painted_ms", 50),
+            "shim_to_painted_ms_max": max(r["shim_to_painted_ms"] for r in repeat),
+            "nav_to_painted_ms_p50": _p(repeat, "nav_to_painted_ms", 50),
+            "fragment_requests_max": max(r["fragment_requests"] for r in repeat),
+        }
+
+        bruno = _page(browser, server.base, "bruno@example.com")
+        for page in (ana, bruno):
+            page.goto("/inbox?tab=pending")
+            page.wait_for_function("() => window.__inboxSocketConnected === true")
+        session = http()
+        live = []
+        for n in range(repeats):
+            body = f"bench live {uuid.uuid4().hex[:8]}"
+            bruno.evaluate("""(body) => {
+                window.__seen = null;
+                const observer = new MutationObserver(() => {
+                    const list = document.querySelector('#conversation-list');
+                    if (list && list.textContent.includes(body)) { window.__seen = Date.now(); observer.disconnect(); }
+                });
+                observer.observe(document.body, {childList: true, subtree: true, characterData: true});
+            }""", body)
+            t0 = time.time() * 1000
+            response = session.post(server.base + "/api/inbound", timeout=10,
+                                    json={"phone": f"+55118{uuid.uuid4().int % 10**8:08d}", "body": body},
+                                    headers={"Authorization": f"Bearer {INBOUND_TOKEN}"})
+            if response.status_code not in (200, 201):
+                raise RuntimeError(f"inbound answered {response.status_code}")
+            bruno.wait_for_function("() => window.__seen !== null", timeout=10_000)
+            live.append(round(bruno.evaluate("() => window.__seen") - t0, 1))
+            time.sleep(0.3)
+        results["live_update"] = {"runs_ms": live, "p50_ms": round(percentile(live, 50), 1),
+                                  "max_ms": max(live)}
+    return results
+
+
+def _p(runs, key, p):
+    return round(percentile([r[key] for r in runs if r[key] is not None], p), 2)
+
+
+def chart(results: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    repeat = results["repeat_visit"]
+    labels = ["first visit:\nnavigation -> painted", "repeat visit:\nnavigation -> painted",
+              "repeat visit:\nshim start -> painted"]
+    values = [results["first_visit"]["nav_to_painted_ms"], repeat["nav_to_painted_ms_p50"],
+              repeat["shim_to_painted_ms_p50"]]
+    ax1.barh(labels, values, color=["#64748b", "#2563eb", "#16a34a"])
+    ax1.axvline(500, color="#dc2626", linestyle="--", label="promise: first load 500 ms")
+    ax1.axvline(5, color="#d97706", linestyle=":", label="promise: repeat 5 ms")
+    ax1.set_xscale("log")
+    ax1.set_xlabel(f"ms (log); repeat visits made {repeat['fragment_requests_max']} fragment requests at most")
+    ax1.invert_yaxis()
+    ax1.legend(fontsize=7)
+    live = results["live_update"]["runs_ms"]
+    ax2.plot(range(1, len(live) + 1), live, "o-", label="change -> Bruno's DOM")
+    ax2.axhline(50, color="#dc2626", linestyle="--", label="promise: 50 ms")
+    ax2.set_xlabel("change #")
+    ax2.set_ylabel("ms")
+    ax2.set_ylim(bottom=0)
+    ax2.legend(fontsize=7)
+    fig.suptitle("6. In the browser (chromium)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary(results: dict) -> list[tuple[str, str, str]]:
+    repeat, live = results["repeat_visit"], results["live_update"]
+    return [
+        ("browser", "first visit", f"navigation -> list painted {results['first_visit']['nav_to_painted_ms']} ms, "
+                                   f"{results['first_visit']['fragment_requests']} fragment requests"),
+        ("browser", "repeat visit", f"shim start -> list painted p50 {repeat['shim_to_painted_ms_p50']} ms "
+                                    f"(navigation -> painted {repeat['nav_to_painted_ms_p50']} ms), "
+                                    f"{repeat['fragment_requests_max']} fragment requests"),
+        ("browser", "change -> other agent's DOM", f"p50 {live['p50_ms']} ms, max {live['max_ms']} ms "
+                                                   "(includes the shim's 50-200 ms jitter)"),
+    ]

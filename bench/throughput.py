@@ -1,0 +1,156 @@
+"""1. Throughput and latency over HTTP: gunicorn gthread (like `make run`) serving the bench app,
+wrk in another process with bench/report.lua for p50/p99.
+
+Scenarios, all in one run and side by side:
+  hello      GET /bench/hello: the same app's bare route (the ceiling)
+  hit        GET /inbox/list?tab=pending, signed in, HX-Request: true, cache warm
+  uncached   the same request on a second server with BENCH_UNCACHED=1 (every read hits SQL)
+  304        the same request with If-None-Match: <its ETag>
+Each product scenario runs on the default in-process cache and, when a Redis URL is given, again
+with REDIS_URL (cache in Redis), since that is how several processes are deployed.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from .common import ROOT, Gunicorn, Unavailable, app_env, cookie_header, log_in, ratio
+
+LIST_PATH = "/inbox/list?tab=pending"
+AGENT = "ana@example.com"
+
+
+def wrk(url: str, headers: dict, seconds: float, connections: int) -> dict:
+    exe = shutil.which("wrk")
+    if not exe:
+        raise Unavailable("wrk not found (apt-get install -y wrk; `make bench` does it)")
+    args = [exe, "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s",
+            "-s", str(ROOT / "bench" / "report.lua")]
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    out = subprocess.run(args + [url], capture_output=True, text=True, timeout=seconds + 60)
+    line = next((l for l in out.stdout.splitlines() if l.startswith("BENCH_JSON ")), None)
+    if out.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    data = json.loads(line[len("BENCH_JSON "):])
+    seconds_run = data["duration_us"] / 1e6
+    errors = sum(data["errors"].values())
+    if errors:
+        raise RuntimeError(f"wrk saw {errors} errors against {url}: {data['errors']}")
+    return {"rps": round(data["requests"] / seconds_run, 1), "requests": data["requests"],
+            "p50_ms": data["p50_us"] / 1000, "p90_ms": data["p90_us"] / 1000,
+            "p99_ms": data["p99_us"] / 1000, "mean_ms": round(data["mean_us"] / 1000, 3),
+            "max_ms": data["max_us"] / 1000}
+
+
+def _product_scenarios(base: str, seconds: float, connections: int, label: str) -> dict:
+    session = log_in(base, AGENT)
+    headers = {"Cookie": cookie_header(session), "HX-Request": "true"}
+    url = base + LIST_PATH
+    first = session.get(url, headers={"HX-Request": "true"}, timeout=30)  # warms the cache
+    again = session.get(url, headers={"HX-Request": "true"}, timeout=30)
+    if again.status_code != 200 or again.headers.get("X-Cache") != "HIT":
+        raise RuntimeError(f"{label}: expected a cache hit, got {again.status_code} X-Cache={again.headers.get('X-Cache')}")
+    etag = again.headers["ETag"]
+    revalidated = session.get(url, headers={"HX-Request": "true", "If-None-Match": etag}, timeout=30)
+    if revalidated.status_code != 304:
+        raise RuntimeError(f"{label}: If-None-Match did not answer 304 but {revalidated.status_code}")
+    return {
+        "hit": wrk(url, headers, seconds, connections) | {"bytes_per_response": len(first.content)},
+        "304": wrk(url, headers | {"If-None-Match": etag}, seconds, connections),
+        # One connection: the latency of one repeat load on an idle server (the "5 ms" promise).
+        "hit_1conn": wrk(url, headers, seconds, 1),
+        "304_1conn": wrk(url, headers | {"If-None-Match": etag}, seconds, 1),
+    }
+
+
+def run(ctx) -> dict:
+    sizes, workdir = ctx.sizes, ctx.workdir
+    seconds, connections = sizes.wrk_seconds, sizes.wrk_connections
+    results: dict = {"settings": {"wrk_threads": 1, "connections": connections, "seconds": seconds,
+                                  "gunicorn": "gthread, 1 worker, 100 threads", "url": LIST_PATH,
+                                  "agent": AGENT, "database": "SQLite (seeded)"}}
+    with ctx.stack_scope() as stack:
+        server = Gunicorn(workdir, app_env(ctx.database), name="tp-simple")
+        stack.callback(server.stop)
+        results["hello"] = wrk(server.base + "/bench/hello", {}, seconds, connections)
+        results["simple"] = _product_scenarios(server.base, seconds, connections, "simple")
+        server.stop()
+
+        uncached = Gunicorn(workdir, app_env(ctx.database, BENCH_UNCACHED=1), name="tp-uncached")
+        stack.callback(uncached.stop)
+        session = log_in(uncached.base, AGENT)
+        check = session.get(uncached.base + LIST_PATH, headers={"HX-Request": "true"}, timeout=30)
+        if check.status_code != 200 or check.headers.get("X-Cache") == "HIT":
+            raise RuntimeError("uncached server served a cache hit")
+        headers = {"Cookie": cookie_header(session), "HX-Request": "true"}
+        results["uncached"] = wrk(uncached.base + LIST_PATH, headers, seconds, connections)
+        results["uncached_1conn"] = wrk(uncached.base + LIST_PATH, headers, seconds, 1)
+        uncached.stop()
+
+        if ctx.redis_url:
+            redis_server = Gunicorn(workdir, app_env(ctx.database, ctx.redis_url), name="tp-redis")
+            stack.callback(redis_server.stop)
+            results["redis"] = _product_scenarios(redis_server.base, seconds, connections, "redis")
+            redis_server.stop()
+
+    hello, uncached_rps = results["hello"]["rps"], results["uncached"]["rps"]
+    results["ratios"] = {}
+    for backend in ("simple", "redis"):
+        if backend in results:
+            hit, rev = results[backend]["hit"]["rps"], results[backend]["304"]["rps"]
+            results["ratios"][backend] = {
+                "hit_over_hello": ratio(hit, hello), "hit_over_uncached": ratio(hit, uncached_rps),
+                "304_over_hello": ratio(rev, hello), "304_over_hit": ratio(rev, hit)}
+    return results
+
+
+def chart(results: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    rows = [("hello-world", results["hello"]), ("list: uncached", results["uncached"])]
+    for backend in ("simple", "redis"):
+        if backend in results:
+            rows += [(f"list: hit ({backend})", results[backend]["hit"]),
+                     (f"list: 304 ({backend})", results[backend]["304"])]
+    labels = [r[0] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.barh(labels, [r[1]["rps"] for r in rows], color="#2563eb")
+    ax1.set_xlabel("requests/s (higher is better)")
+    ax1.invert_yaxis()
+    y = range(len(rows))
+    ax2.barh([i - 0.2 for i in y], [r[1]["p50_ms"] for r in rows], height=0.4, label="p50")
+    ax2.barh([i + 0.2 for i in y], [r[1]["p99_ms"] for r in rows], height=0.4, label="p99")
+    ax2.set_yticks(list(y), labels)
+    ax2.invert_yaxis()
+    ax2.set_xscale("log")
+    ax2.axvline(5, color="#dc2626", linestyle="--", label="promise: 5 ms repeat load")
+    ax2.set_xlabel("latency ms (log)")
+    ax2.legend(fontsize=8)
+    fig.suptitle("1. Throughput & latency over HTTP (gunicorn gthread, wrk)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary(results: dict) -> list[tuple[str, str, str]]:
+    out = [("throughput", "hello-world", f"{results['hello']['rps']:.0f} req/s, p50 {results['hello']['p50_ms']:.2f} ms, p99 {results['hello']['p99_ms']:.2f} ms"),
+           ("throughput", "list uncached", f"{results['uncached']['rps']:.0f} req/s, p50 {results['uncached']['p50_ms']:.2f} ms, p99 {results['uncached']['p99_ms']:.2f} ms")]
+    u1 = results["uncached_1conn"]
+    out.append(("throughput", "list uncached, 1 connection", f"p50 {u1['p50_ms']:.2f} ms, p99 {u1['p99_ms']:.2f} ms"))
+    for backend in ("simple", "redis"):
+        if backend in results:
+            for scenario in ("hit", "304"):
+                r = results[backend][scenario]
+                out.append(("throughput", f"list {scenario} ({backend})",
+                            f"{r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms"))
+            for scenario in ("hit_1conn", "304_1conn"):
+                r = results[backend][scenario]
+                out.append(("throughput", f"list {scenario.replace('_1conn', '')} ({backend}), 1 connection",
+                            f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms"))
+            q = results["ratios"][backend]
+            out.append(("throughput", f"ratios ({backend})",
+                        f"hit/hello {q['hit_over_hello']:.2f}, hit/uncached {q['hit_over_uncached']:.1f}x, 304/hello {q['304_over_hello']:.2f}"))
+    return out

@@ -1,0 +1,64 @@
+"""`make bench` at --quick size, so the benchmarks cannot rot.
+
+It starts everything it needs on loopback (a private redis-server, gunicorn processes,
+chromium) and stops it again. Without wrk, redis-server or chromium the test skips, except
+with CI=true, where a missing tool fails it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() == "true"
+NAME = "test-quick"
+
+
+def test_make_bench_quick():
+    missing = [tool for tool in ("wrk", "redis-server", "chromium", "make") if not shutil.which(tool)]
+    if missing:
+        reason = f"make bench needs {', '.join(missing)} (`make bench` installs them with apt-get)"
+        if IN_CI:
+            pytest.fail(f"{reason} (CI=true: tests must not skip)")
+        pytest.skip(reason)
+    results = ROOT / "bench" / "results"
+    out = results / f"{NAME}.json"
+    out.unlink(missing_ok=True)
+
+    done = subprocess.run(["make", "bench", f"BENCH_ARGS=--quick --name {NAME}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, f"make bench failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+
+    report = json.loads(out.read_text())
+    assert report["errors"] == {}
+    m = report["measurements"]
+    assert set(m) == {"throughput", "queries", "invalidation", "stampede", "push", "browser"}
+    for measurement in m:
+        assert (results / f"{NAME}-{measurement}.png").stat().st_size > 1000
+    assert report["machine"]["cores"] and report["data"]["rows"]["conversations"] == 300
+
+    tp = m["throughput"]
+    for scenario in (tp["hello"], tp["uncached"], tp["simple"]["hit"], tp["simple"]["304"]):
+        assert scenario["rps"] > 0 and scenario["p50_ms"] <= scenario["p99_ms"]
+    assert tp["ratios"]["simple"]["hit_over_hello"] > 0
+
+    designs = m["queries"]["designs"]
+    assert designs["no_cache"]["read_queries"] >= designs["no_cache"]["reads"] > 0
+    assert designs["product"]["read_queries"] < designs["no_cache"]["read_queries"]
+    assert designs["product"]["stale_reads"] == 0  # the product's guarantee, checked on every read
+
+    assert set(m["invalidation"]["sizes"]) == {"1000", "100000"}
+    assert m["stampede"]["designs"]["product"]["threads"]["fetches"] == 1
+    assert m["stampede"]["designs"]["product"]["two_processes"]["fetches"] == 1
+    for mode in ("embedded", "redis"):
+        for r in m["push"][mode].values():
+            assert r["delivered"] == r["expected"]
+    assert m["browser"]["repeat_visit"]["fragment_requests_max"] == 0
+
+    for leftover in (results / f"{NAME}.json", *results.glob(f"{NAME}-*.png")):
+        leftover.unlink()
