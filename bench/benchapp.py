@@ -1,14 +1,16 @@
 """The product as gunicorn serves it (`app:app`), plus what only the bench needs.
 
 - GET /bench/hello: a bare hello-world route in the same app, process and server: the ceiling.
-- BENCH_UNCACHED=1: every cached read (chat.fragments.read) calls its fetch directly, so the
-  same views run their SQL on every request: the "no cache" baseline over HTTP.
+- BENCH_UNCACHED=1: the SmartCache is switched off (every get_or_fetch calls its fetch, no
+  ETags), so the same views run their SQL and render on every request: the "no cache"
+  baseline over HTTP.
 
 Never imported by the product.
 """
 import os
 
-from chat import create_app, fragments
+from chat import create_app
+from chat.cache import smart_cache
 
 app = create_app()
 
@@ -19,7 +21,6 @@ def bench_hello():
 
 
 if os.environ.get("BENCH_UNCACHED") == "1":
-    def _uncached(key, fetch, ttl="dynamic", tags=()):
-        return fetch()
-
-    fragments.read = _uncached
+    # Data reads, user lookups and rendered fragments alike: nothing is served from the cache.
+    smart_cache.get_or_fetch = lambda key, fetch, *args, **kwargs: fetch()
+    smart_cache.etag = lambda *args, **kwargs: None

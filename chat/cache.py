@@ -135,14 +135,6 @@ class SmartCache:
         log.debug("MISS %s", key)
         return self._fill(key, gens, fetch, self.ttl(ttl))
 
-    def was_hit(self, key: str, tags: Iterable[str] = ()) -> bool:
-        """Whether `key` is cached and fresh right now (for X-Cache on composite responses)."""
-        try:
-            entry = self.backend.get("v:" + key)
-            return entry is not None and entry[0] == self._generations(self._guards(key, tags))
-        except Exception:  # noqa: BLE001
-            return False
-
     def etag(self, keys: Iterable[str], tags: Iterable[str] = (), salt: str = "") -> str | None:
         """A validator for a response built from `keys`: it changes exactly when one of them is
         invalidated. One round trip, no database. None when the backend is down."""

@@ -134,10 +134,6 @@ def conversation_messages(conversation_id: int, before: int | None = None) -> di
     }
 
 
-def conversation_detail(conversation: Conversation) -> dict:
-    return conversation_summary(conversation)
-
-
 def tab_counts(viewer: User) -> dict:
     """How many conversations the viewer sees in each tab (the badges next to the tabs)."""
     visible = visible_to(viewer)

@@ -45,16 +45,8 @@ def get_visible_conversation(user: User, conversation_id: int) -> Conversation:
     return conversation
 
 
-def can_see(user: User, conversation: Conversation) -> bool:
-    if user.is_admin:
-        return True
-    if conversation.status == PENDING:
-        return conversation.department_id is None or conversation.department_id in user.department_ids
-    return conversation.user_id == user.id
-
-
 def can_see_summary(user, summary: dict | None) -> bool:
-    """can_see() for a cached conversation summary (see queries.conversation_summary)."""
+    """visible_to() in Python, for a cached conversation summary (queries.conversation_summary)."""
     if summary is None:
         return False
     if user.is_admin:
