@@ -26,7 +26,7 @@ from .models import (
     User,
     utcnow,
 )
-from .visibility import get_visible_conversation
+from .visibility import get_visible_conversation, sees_pending_of
 
 PHONE_RE = re.compile(r"^\+?\d{5,20}$")
 
@@ -164,11 +164,7 @@ def accept_conversation(conversation_id: int, agent: User) -> Conversation:
     losing the race is a 409 for them, not a 404.
     """
     conversation = db.session.get(Conversation, conversation_id)
-    if conversation is None or not (
-        agent.is_admin
-        or conversation.department_id is None
-        or conversation.department_id in agent.department_ids
-    ):
+    if conversation is None or not sees_pending_of(agent, conversation.department_id):
         raise NotFound("conversation not found")
     _conditional_update(
         conversation_id,

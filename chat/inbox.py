@@ -56,12 +56,12 @@ def _shell() -> bool:
     return request.cookies.get(SNAPSHOT_COOKIE) == str(current_user.id)
 
 
-def _list_context(args: dict, cursor: str | None = None, shell: bool = False) -> dict:
+def _list_context(args: dict, cursor: str | None = None, shell: bool = False,
+                  meta: dict | None = None) -> dict:
     return {
         "page": None if shell else fragments.conversation_list(current_user, cursor=cursor, **args),
         "args": args,
-        "list_meta": _list_meta(args, cursor),
-        "counts_meta": _counts_meta(),
+        "list_meta": meta or _list_meta(args, cursor),
         "shell": shell,
     }
 
@@ -69,6 +69,7 @@ def _list_context(args: dict, cursor: str | None = None, shell: bool = False) ->
 def _page_context(args: dict, shell: bool = False) -> dict:
     return {
         **_list_context(args, shell=shell),
+        "counts_meta": _counts_meta(),
         "counts": None if shell else fragments.tab_counts(current_user),
         "departments": fragments.departments(),
     }
@@ -91,7 +92,7 @@ def conversation_list():
     cursor = request.args.get("cursor")
     meta = _list_meta(args, cursor)
     template = "inbox/_rows.html" if cursor else "inbox/_list.html"
-    return cached_fragment(meta["etag"], lambda: render_template(template, **_list_context(args, cursor)))
+    return cached_fragment(meta["etag"], lambda: render_template(template, **_list_context(args, cursor, meta=meta)))
 
 
 @bp.get("/inbox/counts")
@@ -122,15 +123,16 @@ def _messages_meta(conversation_id: int, before: int | None = None) -> dict:
     return _meta(key, [key], (DIRECTORY,))
 
 
-def _pane_context(conversation_id: int, error: str | None = None, shell: bool = False) -> dict:
+def _pane_context(conversation_id: int, error: str | None = None, shell: bool = False,
+                  meta: dict | None = None) -> dict:
+    pane_meta = meta or _pane_meta(conversation_id)
     if shell:
-        return {"conversation": _visible_summary(conversation_id), "pane_meta": _pane_meta(conversation_id),
-                "shell": True}
+        return {"conversation": _visible_summary(conversation_id), "pane_meta": pane_meta, "shell": True}
     return {
         "conversation": _visible_summary(conversation_id),
         "messages": fragments.messages(conversation_id),
         "messages_meta": _messages_meta(conversation_id),
-        "pane_meta": _pane_meta(conversation_id),
+        "pane_meta": pane_meta,
         "quick_replies": fragments.quick_replies(),
         "agents": [a for a in fragments.agents() if a["active"] and a["id"] != current_user.id],
         "departments": fragments.departments(),
@@ -145,9 +147,10 @@ def conversation(conversation_id: int):
     if summary["unread_count"] and summary["user"] and summary["user"]["id"] == current_user.id:
         domain.mark_read(conversation_id, current_user)  # its commit invalidates the summary
     if is_fragment_request():
-        etag = _pane_meta(conversation_id)["etag"]
-        return cached_fragment(etag, lambda: render_template("inbox/_pane.html", **_pane_context(conversation_id)),
-                               keep_html=False)  # its forms carry this session's CSRF token
+        meta = _pane_meta(conversation_id)
+        return cached_fragment(meta["etag"], lambda: render_template(
+            "inbox/_pane.html", **_pane_context(conversation_id, meta=meta)),
+            keep_html=False)  # its forms carry this session's CSRF token
     shell = _shell()
     return render_template("inbox/index.html",
                            **{**_page_context(_list_args(), shell), **_pane_context(conversation_id, shell=shell)})
@@ -158,12 +161,13 @@ def messages(conversation_id: int):
     """The messages fragment; with ?before=<id>, the older page that "load older" prepends."""
     _visible_summary(conversation_id)
     before = request.args.get("before", type=int)
-    template = "inbox/_older.html" if before else "inbox/_messages.html"
-    return cached_fragment(_messages_meta(conversation_id, before)["etag"], lambda: render_template(
+    meta = _messages_meta(conversation_id, before)
+    template = "inbox/_older.html" if before else "inbox/_messages.html"  # only the latter shows meta
+    return cached_fragment(meta["etag"], lambda: render_template(
         template,
         messages=fragments.messages(conversation_id, before),
         conversation={"id": conversation_id},
-        messages_meta=_messages_meta(conversation_id),
+        messages_meta=meta,
     ))
 
 

@@ -45,6 +45,11 @@ def get_visible_conversation(user: User, conversation_id: int) -> Conversation:
     return conversation
 
 
+def sees_pending_of(user, department_id: int | None) -> bool:
+    """Whether the user sees pending conversations of this department (everyone: of none)."""
+    return user.is_admin or department_id is None or department_id in user.department_ids
+
+
 def can_see_summary(user, summary: dict | None) -> bool:
     """visible_to() in Python, for a cached conversation summary (queries.conversation_summary)."""
     if summary is None:
@@ -52,6 +57,5 @@ def can_see_summary(user, summary: dict | None) -> bool:
     if user.is_admin:
         return True
     if summary["status"] == PENDING:
-        department = summary["department"]
-        return department is None or department["id"] in user.department_ids
+        return sees_pending_of(user, summary["department"] and summary["department"]["id"])
     return summary["user"] is not None and summary["user"]["id"] == user.id
