@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -34,22 +35,23 @@ PASSWORD_HASH = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")
 INBOUND_TOKEN = "inbound-test-token"
 
 
-def _unavailable(reason: str):
+def unavailable(reason: str):
+    """A server or tool the test needs is missing: skip, but fail under CI=true."""
     if IN_CI:
         pytest.fail(f"{reason} (CI=true: tests must not skip)")
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def postgres_url():
-    """A throwaway PostgreSQL database for this test session, dropped at the end."""
+@contextmanager
+def throwaway_postgres(prefix: str = "chat_test"):
+    """The URL of a new, empty PostgreSQL database, dropped on exit."""
     import psycopg
 
-    name = f"chat_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     try:
         admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
-        _unavailable(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
+        unavailable(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
     admin.execute(f'CREATE DATABASE "{name}"')
     try:
         yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
@@ -58,14 +60,27 @@ def postgres_url():
         admin.close()
 
 
-def _redis_cache_config():
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL database for this test session, dropped at the end."""
+    with throwaway_postgres() as url:
+        yield url
+
+
+def redis_client(url: str = REDIS_URL):
+    """A client of the machine's Redis, or unavailable() when it does not answer."""
     import redis
 
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
     try:
         client.ping()
     except redis.RedisError as exc:
-        _unavailable(f"Redis is not reachable at {REDIS_URL}: {exc}")
+        unavailable(f"Redis is not reachable at {url}: {exc}")
+    return client
+
+
+def _redis_cache_config():
+    client = redis_client()
     prefix = f"chat-test-{uuid.uuid4().hex[:10]}:"
     yield {"REDIS_URL": REDIS_URL, "CACHE_KEY_PREFIX": prefix}
     for key in client.scan_iter(match=prefix + "*", count=1000):  # only what this test created
@@ -111,9 +126,9 @@ def make_config(database_url: str, **extra) -> dict:
     }
 
 
-@pytest.fixture
-def app(database_url, cache_config):
-    app = create_app(make_config(database_url, **cache_config))
+def app_with_tables(config: dict):
+    """An app whose database has the tables; emptied afterwards (the PostgreSQL one is shared)."""
+    app = create_app(config)
     with app.app_context():
         db.create_all()
     yield app
@@ -124,6 +139,11 @@ def app(database_url, cache_config):
             with db.engine.begin() as conn:
                 conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
         db.engine.dispose()
+
+
+@pytest.fixture
+def app(database_url, cache_config):
+    yield from app_with_tables(make_config(database_url, **cache_config))
 
 
 @pytest.fixture
@@ -242,7 +262,7 @@ def browser():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _unavailable("playwright is not installed")
+        unavailable("playwright is not installed")
     from tests.live import launch_chromium
 
     with sync_playwright() as p:

@@ -18,21 +18,16 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.conftest import unavailable
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv running pytest; deliberately not resolved
-IN_CI = os.environ.get("CI", "").lower() == "true"
 INBOUND_TOKEN = "browser-token"
 PASSWORD = "demo-pass"
 TIMEOUT_MS = 5_000
 VIEWPORT = {"width": 1366, "height": 800}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-def unavailable(reason: str):
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: tests must not skip)")
-    pytest.skip(reason)
 
 
 def free_port() -> int:
@@ -68,6 +63,14 @@ class LiveServer:
         for args in (["db", "upgrade"], ["seed", *seed]):
             done = subprocess.run(flask + args, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120)
             assert done.returncode == 0, f"flask {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+
+    def twin(self) -> "LiveServer":
+        """Another server process over the same database and Redis namespace, on its own port."""
+        other = LiveServer.__new__(LiveServer)
+        other.__dict__.update(self.__dict__, port=free_port(), process=None,
+                              log_path=self.tmp / f"gunicorn-{len(os.listdir(self.tmp))}.log")
+        other.base = f"http://127.0.0.1:{other.port}"
+        return other
 
     def start(self) -> None:
         log = self.log_path.open("a")

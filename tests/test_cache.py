@@ -12,7 +12,6 @@ Which test guards which guarantee (DESIGN.md, "What the cache guarantees"):
 """
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -20,22 +19,12 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
 
 import pytest
 from flask import Flask
 
 from chat.cache import SmartCache, pattern_prefix, prefixes
-
-REDIS_URL = os.environ.get("CHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def _unavailable(reason: str):
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: tests must not skip)")
-    pytest.skip(reason)
-
+from tests.conftest import REDIS_URL, redis_client, unavailable
 
 def make_cache(config: dict) -> tuple[Flask, SmartCache]:
     app = Flask(__name__)
@@ -45,38 +34,17 @@ def make_cache(config: dict) -> tuple[Flask, SmartCache]:
     return app, cache
 
 
-def _redis_or_skip(url: str):
-    import redis
-
-    client = redis.Redis.from_url(url, socket_connect_timeout=1)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        _unavailable(f"Redis is not reachable at {url}: {exc}")
-    return client
-
-
-def _redis_backend():
-    client = _redis_or_skip(REDIS_URL)
-    prefix = f"chat-test-{uuid.uuid4().hex[:10]}:"
-    app, cache = make_cache({"REDIS_URL": REDIS_URL, "CACHE_KEY_PREFIX": prefix})
-    yield app, cache
-    for key in client.scan_iter(match=prefix + "*", count=1000):  # only what this test created
-        client.delete(key)
-
-
 @pytest.fixture(params=["simple", "redis"])
 def backend(request):
     """(app, cache) on one backend. Redis keys live under a unique prefix, deleted afterwards."""
     if request.param == "simple":
-        yield make_cache({"CACHE_TYPE": "SimpleCache", "CACHE_THRESHOLD": 5000})
-    else:
-        yield from _redis_backend()
+        return make_cache({"CACHE_TYPE": "SimpleCache", "CACHE_THRESHOLD": 5000})
+    return make_cache(request.getfixturevalue("redis_cache_config"))
 
 
 @pytest.fixture
-def redis_backend():
-    yield from _redis_backend()
+def redis_backend(redis_cache_config):
+    return make_cache(redis_cache_config)
 
 
 def counting(value):
@@ -267,7 +235,7 @@ PROCESS_READER = textwrap.dedent("""
 def test_single_flight_across_processes(redis_backend):
     """Processes share only Redis: the fill lock there makes one of them fetch."""
     app, cache = redis_backend
-    client = _redis_or_skip(REDIS_URL)
+    client = redis_client()
     prefix = cache.backend._get_prefix()
     counter = prefix + "fetch-count"
     start_at = time.time() + 1.5  # let every interpreter start, then miss together
@@ -345,7 +313,7 @@ def private_redis(tmp_path):
     """A redis-server of our own on a free port, which the test may stop and start."""
     binary = shutil.which("redis-server")
     if binary is None:
-        _unavailable("redis-server is not installed")
+        unavailable("redis-server is not installed")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

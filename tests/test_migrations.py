@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from pathlib import Path
 
 import flask_migrate
@@ -14,7 +13,7 @@ from sqlalchemy import inspect, text
 
 from chat import create_app
 from chat.extensions import db
-from tests.conftest import PG_ADMIN_URL, make_config
+from tests.conftest import make_config, throwaway_postgres
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "chat" / "migrations"
 
@@ -40,16 +39,8 @@ def empty_database_url(database_url):
     if not database_url.startswith("postgresql"):
         yield database_url
         return
-    import psycopg
-
-    name = f"chat_migrate_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_postgres("chat_migrate") as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,23 +1,12 @@
 """Push over Socket.IO: who may connect, which rooms hear what, and across processes."""
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import uuid
-from pathlib import Path
-
-import pytest
-import requests
 
 from chat import catalog, domain
 from chat.extensions import db
 from chat.models import Conversation, User
 from chat.push import socketio
-from tests.conftest import INBOUND_TOKEN, REDIS_URL, _unavailable
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import REDIS_URL, redis_client
+from tests.live import LiveServer, http
 
 
 def connect(app, agent=None):
@@ -105,80 +94,34 @@ def test_directory_changes_reach_every_agent(app, world, login):
 
 
 # -- two processes sharing Redis ----------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(env, port, log):
-    bin_dir = Path(sys.executable).parent
-    return subprocess.Popen(
-        [str(bin_dir / "gunicorn"), "--worker-class", "gthread", "--workers", "1", "--threads", "20",
-         "--bind", f"127.0.0.1:{port}", "app:app"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def _wait_up(port):
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            requests.get(f"http://127.0.0.1:{port}/login", timeout=2)
-            return
-        except requests.RequestException:
-            time.sleep(0.05)
-    raise RuntimeError(f"server on {port} did not start")
-
-
 def test_event_raised_in_one_process_reaches_a_client_of_another(tmp_path):
     """Process A takes the webhook; the browser is connected to process B; Redis carries it."""
-    import redis
     import socketio as socketio_client
 
+    redis_client()
+    a = LiveServer(tmp_path, redis_url=REDIS_URL, seed=("--agents", "3", "--conversations", "10", "--messages", "20"))
+    b = a.twin()
+    client = socketio_client.Client(reconnection=False)
     try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except redis.RedisError as exc:
-        _unavailable(f"Redis is not reachable at {REDIS_URL}: {exc}")
-    prefix = f"chat-test-{uuid.uuid4().hex[:10]}:"
-    channel = f"chat-test-{uuid.uuid4().hex[:10]}"
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'two.db'}", "SECRET_KEY": "two-procs",
-           "INBOUND_TOKEN": INBOUND_TOKEN, "REDIS_URL": REDIS_URL, "CACHE_KEY_PREFIX": prefix,
-           "SOCKETIO_CHANNEL": channel}
-    flask = [str(Path(sys.executable).parent / "flask"), "--app", "app"]
-    for args in (["db", "upgrade"], ["seed", "--agents", "3", "--conversations", "10", "--messages", "20"]):
-        subprocess.run(flask + args, cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
-    port_a, port_b = _free_port(), _free_port()
-    with open(tmp_path / "a.log", "w") as log_a, open(tmp_path / "b.log", "w") as log_b:
-        a, b = _serve(env, port_a, log_a), _serve(env, port_b, log_b)
-        client = socketio_client.Client(reconnection=False)
-        try:
-            _wait_up(port_a)
-            _wait_up(port_b)
-            session = requests.Session()
-            page = session.get(f"http://127.0.0.1:{port_b}/login").text
-            token = page.split('name="csrf-token" content="')[1].split('"')[0]
-            session.post(f"http://127.0.0.1:{port_b}/login", allow_redirects=False,
-                         data={"email": "ana@example.com", "password": "demo-pass", "csrf_token": token})
-            cookie = "; ".join(f"{k}={v}" for k, v in session.cookies.items())
-            received = []
-            client.on("data:updated", lambda data: received.append(data["keys"]))
-            client.connect(f"http://127.0.0.1:{port_b}", headers={"Cookie": cookie},
-                           transports=["polling"], wait_timeout=5)
-            response = requests.post(f"http://127.0.0.1:{port_a}/api/inbound",
-                                     headers={"Authorization": f"Bearer {INBOUND_TOKEN}"},
-                                     json={"phone": "+5511977770000", "body": "via A", "external_id": "two-1"})
-            assert response.status_code == 201
-            conversation_id = response.json()["data"]["conversation_id"]
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and not any(
-                    f"conversation:{conversation_id}" in keys for keys in received):
-                time.sleep(0.05)
-            assert any(f"conversation:{conversation_id}" in keys for keys in received), received
-        finally:
-            client.disconnect() if client.connected else None
-            for proc in (a, b):
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(10)
-            client_redis = redis.Redis.from_url(REDIS_URL)
-            for key in client_redis.scan_iter(match=prefix + "*"):
-                client_redis.delete(key)
+        a.start()
+        b.start()
+        session = http()
+        page = session.get(f"{b.base}/login").text
+        token = page.split('name="csrf-token" content="')[1].split('"')[0]
+        session.post(f"{b.base}/login", allow_redirects=False,
+                     data={"email": "ana@example.com", "password": "demo-pass", "csrf_token": token})
+        cookie = "; ".join(f"{k}={v}" for k, v in session.cookies.items())
+        received = []
+        client.on("data:updated", lambda data: received.append(data["keys"]))
+        client.connect(b.base, headers={"Cookie": cookie}, transports=["polling"], wait_timeout=5)
+        conversation_id = a.inbound(phone="+5511977770000", body="via A", external_id="two-1")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(
+                f"conversation:{conversation_id}" in keys for keys in received):
+            time.sleep(0.05)
+        assert any(f"conversation:{conversation_id}" in keys for keys in received), received
+    finally:
+        if client.connected:
+            client.disconnect()
+        b.stop()
+        a.cleanup()

@@ -5,13 +5,13 @@ Runs on PostgreSQL, where the UPDATEs really run side by side (row locks, READ C
 import threading
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 
-from chat import create_app, domain
+from chat import domain
 from chat.errors import Conflict
 from chat.extensions import db
 from chat.models import ACTIVE, Conversation, User
-from tests.conftest import make_config, make_conversation, make_user
+from tests.conftest import app_with_tables, make_config, make_conversation, make_user
 
 ROUNDS = 15
 AGENTS = 4
@@ -19,16 +19,7 @@ AGENTS = 4
 
 @pytest.fixture
 def pg_app(postgres_url):
-    app = create_app(make_config(postgres_url, SQLALCHEMY_ENGINE_OPTIONS={"pool_size": AGENTS + 2}))
-    with app.app_context():
-        db.create_all()
-    yield app
-    with app.app_context():
-        db.session.remove()
-        tables = ", ".join(f'"{t.name}"' for t in db.metadata.sorted_tables)
-        with db.engine.begin() as conn:
-            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-        db.engine.dispose()
+    yield from app_with_tables(make_config(postgres_url, SQLALCHEMY_ENGINE_OPTIONS={"pool_size": AGENTS + 2}))
 
 
 def test_concurrent_accept_has_exactly_one_winner(pg_app):

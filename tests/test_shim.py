@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from tests.conftest import REDIS_URL
-from tests.live import LiveServer, http, log_in, new_page, row, unavailable
+from tests.conftest import REDIS_URL, redis_client
+from tests.live import LiveServer, http, log_in, new_page, row
 
 FRAGMENTS = re.compile(r"/(inbox/list|inbox/counts|conversations/\d+)(\?|$|/messages)")
 LIVE_MS = 1_000  # "within a blink"
@@ -18,12 +18,7 @@ LIVE_MS = 1_000  # "within a blink"
 def server(request, tmp_path_factory):
     redis_url = None
     if request.param == "redis":
-        import redis
-
-        try:
-            redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-        except redis.RedisError as exc:
-            unavailable(f"Redis is not reachable at {REDIS_URL}: {exc}")
+        redis_client()
         redis_url = REDIS_URL
     live = LiveServer(tmp_path_factory.mktemp(f"shim-{request.param}"), redis_url=redis_url,
                       seed=("--agents", "3", "--conversations", "30", "--messages", "120"))
