@@ -19,7 +19,8 @@ import time
 import uuid
 from pathlib import Path
 
-from .common import INBOUND_TOKEN, PASSWORD, Gunicorn, Unavailable, app_env, copy_database, http, percentile
+from .common import (INBOUND_TOKEN, PASSWORD, Gunicorn, Unavailable, app_env, copy_database, http, percentile,
+                     save_chart)
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
@@ -163,10 +164,7 @@ def chart(results: dict, path: Path) -> None:
     ax2.set_ylabel("ms")
     ax2.set_ylim(bottom=0)
     ax2.legend(fontsize=7)
-    fig.suptitle("6. In the browser (chromium)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_chart(fig, "6. In the browser (chromium)", path)
 
 
 def summary(results: dict) -> list[tuple[str, str, str]]:

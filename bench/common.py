@@ -231,6 +231,16 @@ def cookie_header(session) -> str:
 
 
 # -- numbers ------------------------------------------------------------------------------------
+def save_chart(fig, title: str, path) -> None:
+    """Title, lay out, write the PNG and free the figure: the end of every chart."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def percentile(values: list[float], p: float) -> float | None:
     if not values:
         return None

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 from .baselines import SeedCache
-from .common import PrivateRedis, ratio
+from .common import PrivateRedis, ratio, save_chart
 from .queries import make_app
 
 TARGET_USER = 7
@@ -76,10 +76,7 @@ def chart(results: dict, path: Path) -> None:
     ax.set_ylabel("ms to invalidate one agent's prefix (log)")
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle("3. Prefix invalidation cost")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_chart(fig, "3. Prefix invalidation cost", path)
 
 
 def summary(results: dict) -> list[tuple[str, str, str]]:

@@ -21,7 +21,8 @@ import time
 import uuid
 from pathlib import Path
 
-from .common import INBOUND_TOKEN, Gunicorn, app_env, cookie_header, copy_database, log_in, percentile
+from .common import (INBOUND_TOKEN, Gunicorn, app_env, cookie_header, copy_database, log_in, percentile,
+                     save_chart)
 
 AGENT = "ana@example.com"
 
@@ -130,10 +131,7 @@ def chart(results: dict, path: Path) -> None:
     ax.set_ylabel("change request sent -> data:updated (ms, log)")
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle("5. Push latency")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_chart(fig, "5. Push latency", path)
 
 
 def summary(results: dict) -> list[tuple[str, str, str]]:

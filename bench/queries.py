@@ -32,7 +32,7 @@ from sqlalchemy import event, select
 from sqlalchemy.engine import Engine
 
 from .baselines import FlaskCaching, NoCache, Product, SeedDesign
-from .common import INBOUND_TOKEN, SECRET_KEY, copy_database, ratio
+from .common import INBOUND_TOKEN, SECRET_KEY, copy_database, save_chart
 
 WORKERS = 8
 TABS = ("mine", "pending")
@@ -294,10 +294,7 @@ def chart(results: dict, path: Path) -> None:
     ax2.barh(labels, stale, color="#dc2626")
     ax2.set_xlabel("stale reads (started after a commit returned,\nshowed older data)")
     ax2.invert_yaxis()
-    fig.suptitle("2. DB queries and stale reads on the seed's workload")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_chart(fig, "2. DB queries and stale reads on the seed's workload", path)
 
 
 def summary(results: dict) -> list[tuple[str, str, str]]:

@@ -14,7 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .common import ratio
+from .common import ratio, save_chart
 
 FETCH_EXTRA_SECONDS = 0.05
 DESIGNS = ("no_cache", "flask_caching", "seed_design", "product")
@@ -123,10 +123,7 @@ def chart(results: dict, path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel(f"database fetches for {results['settings']['concurrent_misses']} concurrent cold misses (ideal: 1)")
     ax.legend(fontsize=8)
-    fig.suptitle("4. Stampede on one cold key")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_chart(fig, "4. Stampede on one cold key", path)
 
 
 def summary(results: dict) -> list[tuple[str, str, str]]:

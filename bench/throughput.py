@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .common import ROOT, Gunicorn, Unavailable, app_env, cookie_header, log_in, ratio
+from .common import Gunicorn, ROOT, Unavailable, app_env, cookie_header, log_in, ratio, save_chart
 
 LIST_PATH = "/inbox/list?tab=pending"
 AGENT = "ana@example.com"
@@ -130,10 +130,7 @@ def chart(results: dict, path: Path) -> None:
     ax2.axvline(5, color="#dc2626", linestyle="--", label="promise: 5 ms repeat load")
     ax2.set_xlabel("latency ms (log)")
     ax2.legend(fontsize=8)
-    fig.suptitle("1. Throughput & latency over HTTP (gunicorn gthread, wrk)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_chart(fig, "1. Throughput & latency over HTTP (gunicorn gthread, wrk)", path)
 
 
 def summary(results: dict) -> list[tuple[str, str, str]]:
