@@ -47,7 +47,8 @@ services:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || { pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start && sleep 2; }
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /tmp
 
-test: deps chromium services
+# make test runs the quick bench too (tests/test_bench.py), so it installs what make bench needs.
+test: deps chromium wrk services $(VENV)/.bench-installed
 	$(BIN)/pytest
 
 # make bench: every benchmark side by side (see "Performance" in README.md); writes
