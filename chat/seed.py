@@ -107,7 +107,10 @@ def seed(
 
     conversation_rows, bodies = [], []
     for contact_id, dept_id, status, owner, start, count in plans:
-        stamps = sorted(start + timedelta(seconds=rng.randint(0, 3600 * 6)) for _ in range(count))
+        # A thread spans up to six hours but never past now: a seeded row dated in the future
+        # would sit above every real message that arrives after seeding.
+        span = min(3600 * 6, int((now - start).total_seconds()))
+        stamps = sorted(start + timedelta(seconds=rng.randint(0, span)) for _ in range(count))
         thread = []
         for n, stamp in enumerate(stamps):
             from_me = n > 0 and status != PENDING and rng.random() < 0.45

@@ -66,5 +66,49 @@
       event.preventDefault();
       event.target.form.requestSubmit();
     }
+    // Escape closes the Transfer menu and leaves focus where it was opened from.
+    var transfer = event.key === "Escape" && event.target.closest && event.target.closest("details.transfer[open]");
+    if (transfer) {
+      transfer.open = false;
+      transfer.querySelector("summary").focus();
+    }
+  });
+
+  // -- keyboard focus after pane swaps ---------------------------------------------------
+  // Decided from the request that filled #pane, not from which element the swap replaced,
+  // so it holds whether #pane is swapped by innerHTML or morphed. Live refreshes of the
+  // pane (push, reconnect) are none of these requests and never move focus.
+  document.addEventListener("htmx:afterSettle", function (event) {
+    var detail = event.detail || {}, config = detail.requestConfig;
+    if (!config || !detail.target || detail.target.id !== "pane") return;
+    var from = config.elt, ok = detail.xhr && detail.xhr.status < 300;
+    var pane = document.getElementById("pane");
+    var focus = null;
+    if (from && from.closest && from.closest(".conversation-list")) {
+      // Opened from the list: start in the conversation, not 49 Tabs back in the list.
+      focus = pane.querySelector(".conversation-head h2") || pane.querySelector("button, a[href], textarea");
+    } else if (config.verb === "post" && /\/accept$/.test(config.path) && ok) {
+      focus = pane.querySelector(".reply textarea");  // accepted: the next thing to do is reply
+    } else if (config.verb === "post" && from && from.matches && from.matches("form.reply")) {
+      focus = pane.querySelector(".reply textarea");  // sent (or refused): keep writing
+    }
+    if (focus && document.activeElement !== focus) focus.focus({ preventScroll: true });
+  });
+
+  // The skip link lands on the first conversation, not merely near the list.
+  document.addEventListener("click", function (event) {
+    var skip = event.target.closest && event.target.closest("a.skip-link");
+    var first = skip && document.querySelector("#conversation-list a[href]");
+    if (first) {
+      event.preventDefault();
+      first.focus();
+    }
+  });
+
+  // "← Conversations" goes back to the tab (and filters) the conversation was opened from;
+  // the pane is cached for every tab, so they come from this page's address, not the server.
+  document.addEventListener("click", function (event) {
+    var back = event.target.closest && event.target.closest("a.back-to-list");
+    if (back) back.search = location.search;
   });
 })();

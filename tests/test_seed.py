@@ -8,7 +8,9 @@ from sqlalchemy import func, select
 
 from chat import seed as demo
 from chat.extensions import db
-from chat.models import ACTIVE, CLOSED, PENDING, Contact, Conversation, Department, Message, User, user_departments
+from chat.models import (
+    ACTIVE, CLOSED, PENDING, Contact, Conversation, Department, Message, User, user_departments, utcnow,
+)
 
 
 def count(model) -> int:
@@ -136,3 +138,14 @@ def test_progress_is_reported_in_batches(app, monkeypatch):
         demo.seed(agents=3, conversations=20, messages=30, progress=calls.append)
     assert max(calls) == 7 and len(calls) > 3
     assert sum(calls) == demo.total_rows(3, None, 20, 30)
+
+
+def test_seeded_times_are_never_in_the_future(app):
+    # Demo rows dated ahead of now would sort above every real conversation that arrives later.
+    with app.app_context():
+        demo.seed(agents=3, conversations=200, messages=2000, departments=3)
+        now = utcnow()
+        for model, column in ((Contact, Contact.created_at), (Conversation, Conversation.created_at),
+                              (Conversation, Conversation.last_message_at), (Message, Message.created_at)):
+            newest = db.session.scalar(select(func.max(column)))
+            assert newest <= now, f"{model.__name__}.{column.key} is {newest - now} in the future"
