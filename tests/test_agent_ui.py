@@ -258,6 +258,10 @@ def test_new_conversation_shows_in_title_glows_and_notifies(open_page, live_serv
     notes = page.evaluate("() => window.__notifications")
     assert [n["title"] for n in notes] == [name], notes
 
+    page.reload()  # painted from the snapshot saved while the row glowed: nothing is new now
+    assert page.evaluate("() => document.querySelectorAll('#conversation-list li.row.is-new').length") == 0
+    expect(page).to_have_title(f"({before + 1}) Inbox · Support inbox")
+
 
 def test_notify_me_asks_for_permission_from_a_click(open_page, server):
     from playwright.sync_api import expect

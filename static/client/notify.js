@@ -51,6 +51,8 @@
   function afterPaint() {
     updateTitle();
     remember();  // whatever is on screen at first paint is what the agent already saw
+    // A snapshot saved mid-glow carries the class: a repeat visit shows nothing as new.
+    rows().forEach(function (row) { row.classList.remove("is-new"); });
   }
 
   document.addEventListener("inbox:painted", afterPaint);
