@@ -35,7 +35,7 @@ run: deps
 	$(FLASK) seed --if-empty
 	@echo "Inbound webhook token: $$($(FLASK) inbound-token)"
 	@echo "Serving the inbox on http://127.0.0.1:$(PORT)"
-	$(BIN)/gunicorn --worker-class gthread --workers 1 --threads $(THREADS) --worker-connections $(THREADS) \
+	$(BIN)/gunicorn -c gunicorn.conf.py --worker-class gthread --workers 1 --threads $(THREADS) --worker-connections $(THREADS) \
 		--bind 127.0.0.1:$(PORT) --access-logfile - app:app
 
 # Debian's chromium for the browser tests (Playwright drives it; it never downloads a browser).

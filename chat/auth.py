@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, flash, redirect, render_template, request, url_for
-from flask_login import LoginManager, current_user, login_required, login_user, logout_user
+from flask import Blueprint, Flask, Response, flash, jsonify, redirect, render_template, request, url_for
+from flask_login import LoginManager, current_user, login_required, login_url, login_user, logout_user
 from flask_wtf import FlaskForm
 from sqlalchemy import select
 from wtforms import BooleanField, EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
-from . import fragments
+from . import catalog, fragments
 from .extensions import db
 from .models import User, Viewer
 
@@ -30,9 +30,30 @@ def init_app(app: Flask, login_manager: LoginManager) -> None:
     login_manager.login_message_category = "info"
 
     @login_manager.user_loader
-    def load_user(user_id: str) -> Viewer | None:
+    def load_user(session_id: str) -> Viewer | None:
+        """The agent of a session or remember-me cookie, if it was issued at the agent's current
+        session version (sign-out moves it on, so copies of older cookies are anonymous)."""
+        user_id, _, version = session_id.partition(":")
+        if not (user_id.isdigit() and version.isdigit()):
+            return None  # includes sessions from before versions existed: sign in again
         # From the cache: a page served from cache must not query the users table.
-        return fragments.viewer(int(user_id)) if user_id.isdigit() else None
+        viewer = fragments.viewer(int(user_id))
+        if viewer is None or not viewer.active or viewer.session_version != int(version):
+            return None
+        return viewer
+
+    @login_manager.unauthorized_handler
+    def sign_in_first() -> Response:
+        """htmx would swap the login form into a fragment: tell it to load the login page instead."""
+        if request.headers.get("HX-Request") == "true":
+            page = urlsplit(request.headers.get("HX-Current-URL", ""))
+            path = page.path + (f"?{page.query}" if page.query else "")
+            response = jsonify(error="sign in")
+            response.status_code = 401
+            response.headers["HX-Redirect"] = url_for("auth.login", next=_safe_next(path))
+            return response
+        flash(login_manager.login_message, login_manager.login_message_category)
+        return redirect(login_url(login_manager.login_view, next_url=request.url))
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -57,9 +78,23 @@ def login():
 @bp.post("/logout")
 @login_required
 def logout():
+    catalog.end_sessions(current_user.id)  # every tab, device and socket of this agent, too
     logout_user()
     flash("You are signed out.", "info")
     return redirect(url_for("auth.login"))
+
+
+@bp.get("/session")
+def session_state() -> Response:
+    """Signed in or not, as JSON for the browser to probe (never a redirect, never cached):
+    200 {"agent_id"}, 401 {"error": "sign in"}; no answer at all means the server is unreachable."""
+    if current_user.is_authenticated:
+        response = jsonify(agent_id=current_user.id)
+    else:
+        response = jsonify(error="sign in")
+        response.status_code = 401
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _safe_next(target: str | None) -> str:

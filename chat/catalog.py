@@ -112,6 +112,8 @@ def save_agent(
             and _admin_count() == 1):
         raise InvalidInput("the last admin cannot be demoted or deactivated")
     name = _text(name, "name", 120)
+    if agent_id and (password or (agent.active and not active)):
+        agent.end_sessions()  # a new password or a deactivation signs the agent out everywhere
     with db.session.no_autoflush:  # loading the old departments must not flush a duplicate email early
         agent.email, agent.name, agent.role, agent.active = email, name, role, active
         agent.departments = departments
@@ -124,6 +126,13 @@ def _admin_count() -> int:
     return db.session.scalar(
         select(func.count()).select_from(User).where(User.role == "admin", User.active.is_(True))
     )
+
+
+def end_sessions(agent_id: int) -> None:
+    """Sign an agent out everywhere: every session and remember-me cookie issued so far stops
+    working, and (through the commit, see invalidation.py) every socket of theirs closes."""
+    _get(User, agent_id).end_sessions()
+    db.session.commit()
 
 
 def issue_api_token(email: str) -> str:

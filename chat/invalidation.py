@@ -37,6 +37,10 @@ class Rule:
     # the row's prefixes and tags only if its members may see the row.
     rooms: tuple[str, ...] = ()
     rooms_if: tuple[tuple[str, Callable[[dict], bool]], ...] = ()
+    # A change of this column signs the row's agent out everywhere (push.end_sessions). When it
+    # is the only column that changed, just `session_prefixes` go stale: no fragment shows it.
+    session_column: str | None = None
+    session_prefixes: tuple[str, ...] = ()
 
 
 def pending(row: dict) -> bool:
@@ -56,7 +60,8 @@ INVALIDATION_MAP: dict[str, Rule] = {
     "messages": Rule(prefixes=("conversation:{conversation_id}:messages",)),
     "contacts": Rule(prefixes=("contacts",), tags_on_update=("directory",), rooms=("agents",)),
     "departments": Rule(prefixes=("departments",), tags=("directory",), rooms=("agents",)),
-    "users": Rule(prefixes=("user:{id}", "token", "agents"), tags=("directory",), rooms=("agents",)),
+    "users": Rule(prefixes=("user:{id}", "token", "agents"), tags=("directory",), rooms=("agents",),
+                  session_column="session_version", session_prefixes=("user:{id}", "token")),
     "user_departments": Rule(prefixes=("user:{user_id}", "token", "agents"), tags=("directory",),
                              rooms=("agents",)),
     "quick_replies": Rule(prefixes=("quick_replies",), rooms=("agents",)),
@@ -80,11 +85,14 @@ class Stale:
     tags: set[str] = field(default_factory=set)
     rooms: dict[str, set[str]] = field(default_factory=dict)  # room -> stale key prefixes and tags
     everything: bool = False
+    ended_sessions: set[int] = field(default_factory=set)  # agents signed out everywhere
 
 
 def stale_after(changes: Iterable[Change]) -> Stale:
     """Apply INVALIDATION_MAP to the changes of one transaction."""
+    changes = list(changes)
     stale = Stale()
+    changed = _changed_columns(changes)
     for change in changes:
         rule = INVALIDATION_MAP.get(change.table)
         if rule is None:
@@ -95,6 +103,12 @@ def stale_after(changes: Iterable[Change]) -> Stale:
         templates = rule.tags + (rule.tags_on_update if change.kind != "insert" else ())
         for row in change.rows:
             values = {k: ("none" if v is None else v) for k, v in row.items()}
+            columns = changed.get((change.table, row.get("id")), set())
+            if rule.session_column and rule.session_column in columns:
+                stale.ended_sessions.add(row["id"])
+                if columns == {rule.session_column}:  # a sign-out, nothing any list shows
+                    stale.prefixes.update(_fill(rule.session_prefixes, values))
+                    continue
             prefixes = _fill(rule.prefixes, values)
             tags = _fill(templates, values) + _fill([t for t, ok in rule.tags_if if ok(row)], values)
             stale.prefixes.update(prefixes)
@@ -105,6 +119,19 @@ def stale_after(changes: Iterable[Change]) -> Stale:
                     stale.rooms.setdefault(room, set()).update(
                         prefixes + [t for t in tags if _heard_in(t, room)])
     return stale
+
+
+def _changed_columns(changes: list[Change]) -> dict[tuple[str, object], set[str]]:
+    """(table, id) -> the columns whose value differs between the row's snapshots (as it was
+    and as it is) in this transaction; only for tables whose rule watches a session column."""
+    snapshots: dict[tuple[str, object], list[dict]] = {}
+    for change in changes:
+        rule = INVALIDATION_MAP.get(change.table)
+        if rule and rule.session_column and change.kind == "update":
+            for row in change.rows:
+                snapshots.setdefault((change.table, row.get("id")), []).append(row)
+    return {key: {column for column in rows[0] if any(r.get(column) != rows[0][column] for r in rows)}
+            for key, rows in snapshots.items()}
 
 
 def _heard_in(tag: str, room: str) -> bool:
@@ -132,12 +159,14 @@ def apply(stale: Stale) -> None:
     if stale.everything:
         smart_cache.clear()
         push.publish({"agents": {"*"}})
-        return
-    for prefix in sorted(stale.prefixes):
-        smart_cache.invalidate(prefix + "*")
-    for tag in sorted(stale.tags):
-        smart_cache.invalidate_tag(tag)
-    push.publish(stale.rooms)
+    else:
+        for prefix in sorted(stale.prefixes):
+            smart_cache.invalidate(prefix + "*")
+        for tag in sorted(stale.tags):
+            smart_cache.invalidate_tag(tag)
+        push.publish(stale.rooms)
+    # After the invalidation, so a browser that reconnects at once is already signed out.
+    push.end_sessions(stale.ended_sessions)
 
 
 def has_pending_writes(session: Session) -> bool:

@@ -36,6 +36,11 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def session_id(user_id: int, session_version: int) -> str:
+    """What Flask-Login keeps in the session and remember-me cookies: "<id>:<version>"."""
+    return f"{user_id}:{session_version}"
+
+
 user_departments = Table(
     "user_departments",
     db.metadata,
@@ -67,6 +72,8 @@ class User(UserMixin, db.Model):
     api_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Part of every session's id: moving it on signs out every copy of every cookie issued before.
+    session_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     departments: Mapped[list[Department]] = relationship(
         secondary=user_departments, back_populates="agents", order_by="Department.name"
@@ -89,6 +96,13 @@ class User(UserMixin, db.Model):
 
     def check_password(self, password: str) -> bool:
         return check_password_hash(self.password_hash, password)
+
+    def get_id(self) -> str:
+        return session_id(self.id, self.session_version)
+
+    def end_sessions(self) -> None:
+        """Sign out everywhere: sessions and remember-me cookies issued so far stop working."""
+        self.session_version = (self.session_version or 0) + 1
 
     def issue_api_token(self) -> str:
         """Make a new API token, keep only its hash, and return it (shown once)."""
@@ -190,19 +204,27 @@ class Viewer(UserMixin):
     role: str
     active: bool
     department_ids: tuple[int, ...]
+    session_version: int = 0
 
     @classmethod
     def of(cls, user: User) -> "Viewer":
-        return cls(user.id, user.email, user.name, user.role, user.active, tuple(user.department_ids))
+        return cls(user.id, user.email, user.name, user.role, user.active, tuple(user.department_ids),
+                   user.session_version or 0)
 
     def as_dict(self) -> dict:
         return {"id": self.id, "email": self.email, "name": self.name, "role": self.role,
-                "active": self.active, "department_ids": list(self.department_ids)}
+                "active": self.active, "department_ids": list(self.department_ids),
+                "session_version": self.session_version}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Viewer":
+        # An entry cached before session versions existed predates every bump (a bump
+        # invalidates user:<id>), so its version is the column's default, 0.
         return cls(data["id"], data["email"], data["name"], data["role"], data["active"],
-                   tuple(data["department_ids"]))
+                   tuple(data["department_ids"]), data.get("session_version", 0))
+
+    def get_id(self) -> str:
+        return session_id(self.id, self.session_version)
 
     @property
     def is_admin(self) -> bool:

@@ -8,18 +8,33 @@ a hint (Socket.IO delivers at most once): browsers revalidate on reconnect.
 
 With REDIS_URL set, Redis is the message queue, so an event raised in any process (a web
 worker, the inbound webhook, a CLI command) reaches browsers connected to any other.
+
+Signing out ends the agent's session everywhere: after the commit that moves the agent's
+session version on, `end_sessions` sends `session:ended` to the agent's room and disconnects
+every socket of theirs. A room only lists this process's sockets, so with a message queue a
+Redis set per agent lists them all; python-socketio's queue carries a disconnect to the
+process that holds the socket. On shutdown, `close_connections` closes this process's sockets
+so browsers reconnect (to another process) at once instead of waiting on a stopping server.
 """
 from __future__ import annotations
 
 import logging
+from typing import Iterable
 
-from flask import Flask
+import redis
+from flask import Flask, current_app, request
 from flask_login import current_user
 from flask_socketio import ConnectionRefusedError, SocketIO, join_room
+from flask_socketio import rooms as joined_rooms
 
 log = logging.getLogger("chat.push")
 socketio = SocketIO()
 EVENT = "data:updated"
+SESSION_ENDED = "session:ended"  # the browser goes to /login: this agent signed out somewhere
+REGISTRY = "chat.socket_registry"  # app.extensions key: Redis client of the sockets registry, or None
+# Only a safety net for sockets whose process died without saying goodbye: each connect of
+# the agent renews it, each disconnect removes its own socket id.
+REGISTRY_TTL = 7 * 24 * 3600
 
 
 def rooms_for(viewer) -> list[str]:
@@ -42,6 +57,11 @@ def init_app(app: Flask) -> None:
         cors_allowed_origins=app.config.get("SOCKETIO_CORS_ORIGINS", []),  # same origin only
         manage_session=False,  # read the Flask session cookie; never write it from a socket
     )
+    registry = None
+    if queue and queue.startswith(("redis://", "rediss://", "unix://")):
+        registry = redis.Redis.from_url(queue, socket_timeout=0.5, socket_connect_timeout=0.5,
+                                        decode_responses=True)
+    app.extensions[REGISTRY] = registry
 
 
 @socketio.on("connect")
@@ -51,6 +71,75 @@ def connect(auth=None):
         raise ConnectionRefusedError("sign in first")  # the shim sends the page to /login
     for room in rooms_for(current_user):
         join_room(room)
+    _remember(current_user.id, request.sid)
+
+
+@socketio.on("disconnect")
+def disconnect(reason=None) -> None:
+    # current_user may be signed out by now: the agent's room says whose socket this was.
+    for room in joined_rooms():
+        if room.startswith("user:"):
+            _forget(int(room.removeprefix("user:")), request.sid)
+
+
+def end_sessions(agent_ids: Iterable[int]) -> None:
+    """Tell every browser of these agents that the session ended, then disconnect each of
+    their sockets, in this process and any other; failures are logged, never raised."""
+    for agent_id in sorted(agent_ids):
+        try:
+            socketio.emit(SESSION_ENDED, {}, to=f"user:{agent_id}")
+            local = {sid for sid, _ in socketio.server.manager.get_participants("/", f"user:{agent_id}")}
+            for sid in sorted(local | _registered(agent_id)):
+                # Another process's socket: the message queue takes the disconnect there.
+                socketio.server.disconnect(sid, namespace="/")
+            log.info("SESSION ENDED user:%s", agent_id)
+        except Exception as exc:  # noqa: BLE001 - the cookie is revoked already; the socket is the hint
+            log.warning("could not end the sockets of user:%s: %s", agent_id, exc)
+
+
+def close_connections() -> None:
+    """Close every connection of this process at the Engine.IO level: the browser sees its
+    transport close and reconnects, unlike a Socket.IO disconnect, which it takes as final."""
+    eio = socketio.server.eio
+    for connection in list(eio.sockets.values()):
+        connection.close(wait=False, reason=eio.reason.SERVER_DISCONNECT)
+
+
+def _registry(agent_id: int):
+    """(Redis client, key of the agent's socket set), or None without a Redis message queue."""
+    client = current_app.extensions.get(REGISTRY)
+    if client is None:
+        return None
+    return client, f"{current_app.config.get('CACHE_KEY_PREFIX', 'chat:')}sockets:user:{agent_id}"
+
+
+def _remember(agent_id: int, sid: str) -> None:
+    if found := _registry(agent_id):
+        client, key = found
+        try:
+            client.pipeline().sadd(key, sid).expire(key, REGISTRY_TTL).execute()
+        except redis.RedisError as exc:
+            log.warning("could not register socket of user:%s: %s", agent_id, exc)
+
+
+def _forget(agent_id: int, sid: str) -> None:
+    if found := _registry(agent_id):
+        client, key = found
+        try:
+            client.srem(key, sid)
+        except redis.RedisError as exc:
+            log.warning("could not unregister socket of user:%s: %s", agent_id, exc)
+
+
+def _registered(agent_id: int) -> set[str]:
+    """The agent's sockets in every process (empty without a Redis message queue)."""
+    if found := _registry(agent_id):
+        client, key = found
+        try:
+            return set(client.smembers(key))
+        except redis.RedisError as exc:
+            log.warning("could not list sockets of user:%s: %s", agent_id, exc)
+    return set()
 
 
 def publish(rooms: dict[str, set[str]]) -> None:

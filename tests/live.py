@@ -75,7 +75,8 @@ class LiveServer:
     def start(self) -> None:
         log = self.log_path.open("a")
         self.process = subprocess.Popen(
-            [str(BIN / "gunicorn"), "--worker-class", "gthread", "--workers", "1", "--threads", "50",
+            [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
+             "--worker-class", "gthread", "--workers", "1", "--threads", "50",
              "--bind", f"127.0.0.1:{self.port}", "--access-logfile", "-", "app:app"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)  # its own process group: stop() ends the workers too

@@ -187,3 +187,33 @@ def test_no_stale_set_through_the_app(app, world, login, monkeypatch):
     reader.join(5)
     html = login("ana@example.com").get("/inbox/list?tab=mine", htmx=True).get_data(as_text=True)
     assert "Andre Active" not in html
+
+
+def test_sign_out_invalidates_only_the_agents_own_entries(app, world, login):
+    """A sign-out changes the session version, which no fragment shows: every other entry stays
+    cached and no browser is told to refetch anything; the agent's sockets are ended instead."""
+    from chat.invalidation import Change, stale_after
+    from chat.push import socketio
+
+    before = {"id": world.bruno, "name": "Bruno Lima", "session_version": 0}
+    stale = stale_after([Change("users", "update", [before]),
+                         Change("users", "update", [{**before, "session_version": 1}])])
+    assert stale.ended_sessions == {world.bruno}
+    assert stale.prefixes == {f"user:{world.bruno}", "token"} and not stale.tags and not stale.rooms
+
+    ana = login("ana@example.com")
+    watcher = socketio.test_client(app, flask_test_client=ana.client)
+    for url in FRAGMENTS:
+        ana.get(url, htmx=True)
+    watcher.get_received()
+    login("bruno@example.com").post("/logout", htmx=False)
+    assert [ana.get(url, htmx=True).headers["X-Cache"] for url in FRAGMENTS] == ["HIT"] * len(FRAGMENTS)
+    assert watcher.get_received() == []
+
+
+def test_renaming_an_agent_does_not_end_sessions():
+    from chat.invalidation import Change, stale_after
+
+    before = {"id": 3, "name": "Bruno Lima", "session_version": 0}
+    stale = stale_after([Change("users", "update", [before]), Change("users", "update", [{**before, "name": "B."}])])
+    assert stale.ended_sessions == set() and "directory" in stale.tags

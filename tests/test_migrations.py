@@ -107,9 +107,20 @@ def test_downgrade_to_base_and_back(bare_app):
     assert schema_diff(bare_app) == []
 
 
-def test_there_is_one_initial_migration():
+def test_migrations_are_one_line_from_the_initial_schema():
     script = ScriptDirectory(str(MIGRATIONS))
-    revisions = list(script.walk_revisions())
-    assert len(revisions) == 1
-    assert revisions[0].down_revision is None
+    revisions = list(script.walk_revisions())  # head first
+    assert revisions[-1].down_revision is None
+    assert [r.down_revision for r in revisions[:-1]] == [r.revision for r in revisions[1:]]
     assert script.get_heads() == [revisions[0].revision]
+
+
+def test_upgrade_keeps_agents_and_starts_their_session_version_at_zero(bare_app):
+    with bare_app.app_context():
+        flask_migrate.upgrade(revision="0e0e314fe53c")
+        with db.engine.begin() as conn:
+            conn.execute(text("INSERT INTO users (email, name, password_hash, role, active, created_at) "
+                              "VALUES ('ana@example.com', 'Ana', 'x', 'agent', true, CURRENT_TIMESTAMP)"))
+        flask_migrate.upgrade()
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SELECT session_version FROM users")).scalar_one() == 0

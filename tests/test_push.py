@@ -1,5 +1,9 @@
 """Push over Socket.IO: who may connect, which rooms hear what, and across processes."""
+import os
+import signal
 import time
+
+import pytest
 
 from chat import catalog, domain
 from chat.extensions import db
@@ -93,35 +97,153 @@ def test_directory_changes_reach_every_agent(app, world, login):
     assert any("directory" in e for e in events(carla))
 
 
-# -- two processes sharing Redis ----------------------------------------------------------------
-def test_event_raised_in_one_process_reaches_a_client_of_another(tmp_path):
-    """Process A takes the webhook; the browser is connected to process B; Redis carries it."""
-    import socketio as socketio_client
+# -- signing out ends the agent's sockets ---------------------------------------------------------
+def names(client) -> list[str]:
+    """Names of the events received (get_received() refuses once the server disconnected it)."""
+    received, client.queue[:] = list(client.queue), []
+    return [e["name"] for e in received]
 
+
+def test_sign_out_elsewhere_disconnects_the_agents_sockets(app, world, login):
+    laptop, phone, bruno = login("ana@example.com"), login("ana@example.com"), login("bruno@example.com")
+    ana_socket, bruno_socket = connect(app, phone), connect(app, bruno)
+    ana_socket.get_received(), bruno_socket.get_received()
+    laptop.post("/logout", htmx=False)
+    assert not ana_socket.is_connected()
+    assert names(ana_socket) == ["session:ended"]  # told why, before the disconnect
+    assert bruno_socket.is_connected() and "session:ended" not in names(bruno_socket)
+    with app.app_context():
+        domain.receive_inbound("+551100000001", "after sign-out")  # Support's queue: Ana's and Bruno's
+    assert events(bruno_socket) != []
+    assert names(ana_socket) == []  # no further events reach the signed-out agent
+
+
+def test_password_change_disconnects_the_agents_sockets(app, world, login):
+    ana_socket = connect(app, login("ana@example.com"))
+    with app.app_context():
+        catalog.save_agent("ana@example.com", "Ana Costa", "agent", [world.support], password="another-pass",
+                           agent_id=world.ana)
+    assert not ana_socket.is_connected()
+
+
+def test_socket_with_a_signed_out_session_is_refused(app, world, login):
+    laptop, phone = login("ana@example.com"), login("ana@example.com")
+    laptop.post("/logout", htmx=False)
+    assert not connect(app, phone).is_connected()
+
+
+# -- two processes sharing Redis ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """gunicorn A and gunicorn B over one database, with Redis as cache and message queue."""
     redis_client()
-    a = LiveServer(tmp_path, redis_url=REDIS_URL, seed=("--agents", "3", "--conversations", "10", "--messages", "20"))
+    a = LiveServer(tmp_path_factory.mktemp("two"), redis_url=REDIS_URL,
+                   seed=("--agents", "3", "--conversations", "10", "--messages", "20"))
     b = a.twin()
-    client = socketio_client.Client(reconnection=False)
     try:
         a.start()
         b.start()
-        session = http()
-        page = session.get(f"{b.base}/login").text
-        token = page.split('name="csrf-token" content="')[1].split('"')[0]
-        session.post(f"{b.base}/login", allow_redirects=False,
-                     data={"email": "ana@example.com", "password": "demo-pass", "csrf_token": token})
-        cookie = "; ".join(f"{k}={v}" for k, v in session.cookies.items())
-        received = []
-        client.on("data:updated", lambda data: received.append(data["keys"]))
-        client.connect(b.base, headers={"Cookie": cookie}, transports=["polling"], wait_timeout=5)
+        yield a, b
+    finally:
+        b.stop()
+        a.cleanup()
+
+
+def sign_in(server: LiveServer, email: str = "ana@example.com"):
+    """A signed-in requests session on `server`, and its Cookie header for a socket."""
+    session = http()
+    page = session.get(f"{server.base}/login").text
+    token = page.split('name="csrf-token" content="')[1].split('"')[0]
+    session.post(f"{server.base}/login", allow_redirects=False,
+                 data={"email": email, "password": "demo-pass", "csrf_token": token})
+    session.csrf = token
+    return session, "; ".join(f"{k}={v}" for k, v in session.cookies.items())
+
+
+def socket_client(server: LiveServer, cookie: str, received: list):
+    import socketio as socketio_client
+
+    client = socketio_client.Client(reconnection=False)
+    for name in ("data:updated", "session:ended", "disconnect"):
+        client.on(name, lambda *args, name=name: received.append((time.monotonic(), name, args)))
+    client.connect(server.base, headers={"Cookie": cookie}, transports=["polling"], wait_timeout=5)
+    return client
+
+
+def wait_for(condition, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def test_event_raised_in_one_process_reaches_a_client_of_another(two_processes):
+    """Process A takes the webhook; the browser is connected to process B; Redis carries it."""
+    a, b = two_processes
+    received = []
+    client = socket_client(b, sign_in(b)[1], received)
+    try:
         conversation_id = a.inbound(phone="+5511977770000", body="via A", external_id="two-1")
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not any(
-                f"conversation:{conversation_id}" in keys for keys in received):
-            time.sleep(0.05)
-        assert any(f"conversation:{conversation_id}" in keys for keys in received), received
+        assert wait_for(lambda: any(name == "data:updated" and f"conversation:{conversation_id}" in args[0]["keys"]
+                                    for _, name, args in received)), received
     finally:
         if client.connected:
             client.disconnect()
-        b.stop()
-        a.cleanup()
+
+
+def test_sign_out_through_one_process_disconnects_the_socket_on_another(two_processes):
+    a, b = two_processes
+    received, others = [], []
+    client = socket_client(b, sign_in(b)[1], received)
+    bruno = socket_client(b, sign_in(b, "bruno@example.com")[1], others)
+    try:
+        session, _ = sign_in(a)  # the same agent, signed in through process A
+        assert session.post(f"{a.base}/logout", headers={"X-CSRFToken": session.csrf},
+                            allow_redirects=False).status_code == 302
+        assert wait_for(lambda: not client.connected), received
+        assert [name for _, name, _ in received][-2:] == ["session:ended", "disconnect"]
+        assert bruno.connected and not any(name == "session:ended" for _, name, _ in others)
+    finally:
+        for c in (client, bruno):
+            if c.connected:
+                c.disconnect()
+
+
+# -- a stopping server closes its sockets at once -------------------------------------------------
+def test_graceful_stop_closes_sockets_within_two_seconds(tmp_path):
+    """SIGTERM asks gunicorn for a graceful stop; open Socket.IO connections must not hold it up."""
+    server = LiveServer(tmp_path, seed=("--agents", "2", "--conversations", "2", "--messages", "2"))
+    received = []
+    try:
+        server.start()
+        client = socket_client(server, sign_in(server)[1], received)
+        assert client.connected
+        stopped_at = time.monotonic()
+        os.kill(server.process.pid, signal.SIGTERM)  # the master, as systemd or docker stop do
+        assert wait_for(lambda: not client.connected, timeout=5)
+        disconnected_at = next(t for t, name, _ in received if name == "disconnect")
+        assert disconnected_at - stopped_at < 2, disconnected_at - stopped_at
+        server.process.wait(timeout=10)  # and the graceful stop itself is quick now
+    finally:
+        server.cleanup()
+
+
+def test_graceful_stop_closes_websockets_within_two_seconds(tmp_path):
+    """The same over the websocket transport browsers use: an Engine.IO close ("1"), so the
+    browser reconnects rather than taking it as a Socket.IO disconnect."""
+    import simple_websocket
+
+    server = LiveServer(tmp_path, seed=("--agents", "2", "--conversations", "2", "--messages", "2"))
+    try:
+        server.start()
+        ws = simple_websocket.Client.connect(f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket",
+                                             headers={"Cookie": sign_in(server)[1]})
+        assert ws.receive(timeout=2).startswith("0")  # Engine.IO open
+        ws.send("40")
+        assert ws.receive(timeout=2).startswith("40")  # Socket.IO connected
+        stopped_at = time.monotonic()
+        os.kill(server.process.pid, signal.SIGTERM)
+        assert ws.receive(timeout=2) == "1"  # Engine.IO close
+        assert time.monotonic() - stopped_at < 2
+    finally:
+        server.cleanup()
