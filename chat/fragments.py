@@ -49,7 +49,7 @@ def list_scope(viewer: Viewer, tab: str) -> tuple[str, tuple[str, ...]]:
 
 
 def conversation_list_key(viewer: Viewer, tab: str, department_id: int | None, q: str,
-                          cursor: str | None = None) -> str:
+                          cursor: str | None = None, pages: int = 1) -> str:
     scope, _ = list_scope(viewer, tab)
     key = f"conversations:{scope}:tab:{tab}"
     if department_id is not None:
@@ -58,14 +58,16 @@ def conversation_list_key(viewer: Viewer, tab: str, department_id: int | None, q
         key += f":q:{_digest(q.strip().lower())}"
     if cursor:
         key += f":after:{_digest(cursor)}"
+    if pages > 1:
+        key += f":pages:{pages}"
     return key
 
 
 def conversation_list(viewer: Viewer, tab: str, department_id: int | None = None, q: str = "",
-                      cursor: str | None = None) -> dict:
+                      cursor: str | None = None, pages: int = 1) -> dict:
     _, tags = list_scope(viewer, tab)
-    return read(conversation_list_key(viewer, tab, department_id, q, cursor),
-                lambda: queries.list_conversations(viewer, tab, department_id, q, cursor), tags=tags)
+    return read(conversation_list_key(viewer, tab, department_id, q, cursor, pages),
+                lambda: queries.list_conversations(viewer, tab, department_id, q, cursor, pages), tags=tags)
 
 
 def counts_key(viewer: Viewer) -> str:

@@ -16,6 +16,7 @@ from .web import cached_fragment, is_fragment_request
 
 bp = Blueprint("inbox", __name__)
 TABS = ("pending", "mine", "closed", "all")
+MAX_LIST_PAGES = 20  # a refreshed list keeps at most this many pages loaded by scrolling
 
 
 @bp.before_request
@@ -29,7 +30,8 @@ def _list_args() -> dict:
     if tab not in TABS:
         tab = "pending"
     department = request.args.get("department", type=int)
-    return {"tab": tab, "department_id": department, "q": request.args.get("q", "")[:100]}
+    pages = min(max(request.args.get("pages", 1, type=int), 1), MAX_LIST_PAGES)
+    return {"tab": tab, "department_id": department, "q": request.args.get("q", "")[:100], "pages": pages}
 
 
 SNAPSHOT_COOKIE = "inbox_snapshots"
@@ -41,8 +43,12 @@ def _meta(key: str, etag_keys: list[str], tags: tuple[str, ...]) -> dict:
 
 
 def _list_meta(args: dict, cursor: str | None = None) -> dict:
+    """The list keeps one identity (key, URL, snapshot) however many pages it shows; its
+    ETag is that of the pages shown."""
     key = fragments.conversation_list_key(current_user, cursor=cursor, **args)
-    return _meta(key, [key], fragments.list_scope(current_user, args["tab"])[1])
+    meta = _meta(key, [key], fragments.list_scope(current_user, args["tab"])[1])
+    meta["key"] = fragments.conversation_list_key(current_user, cursor=cursor, **{**args, "pages": 1})
+    return meta
 
 
 def _counts_meta() -> dict:

@@ -71,9 +71,11 @@ def list_conversations(
     department_id: int | None = None,
     q: str = "",
     cursor: str | None = None,
+    pages: int = 1,
 ) -> dict:
-    """One page of the viewer's conversations in a tab, newest first, with the next cursor."""
-    size = current_app.config["PAGE_SIZE"]
+    """`pages` pages of the viewer's conversations in a tab, newest first, with the next cursor
+    (a list refreshed after the agent scrolled refetches every page loaded, not just the first)."""
+    size = current_app.config["PAGE_SIZE"] * pages
     stmt = (
         select(Conversation)
         .where(visible_to(viewer), tab_filter(viewer, tab))

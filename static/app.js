@@ -58,6 +58,7 @@
     box.value = box.value.slice(0, start) + select.value + box.value.slice(end);
     box.focus();
     box.selectionStart = box.selectionEnd = start + select.value.length;
+    box.dispatchEvent(new Event("input", { bubbles: true }));  // the draft keeps it, the counter counts it
     select.value = "";
   });
 
@@ -111,4 +112,36 @@
     var back = event.target.closest && event.target.closest("a.back-to-list");
     if (back) back.search = location.search;
   });
+})();
+
+// Filters live in the URL: a reload, a shared link, a tab switch or an opened conversation
+// keeps the search and the department (the list itself is fetched by htmx).
+(function () {
+  "use strict";
+  var FILTERS = ["q", "department"];
+
+  function syncTabLinks() {
+    var here = new URLSearchParams(location.search);
+    document.querySelectorAll("#tabs a.tab").forEach(function (a) {
+      var url = new URL(a.href, location.href);
+      FILTERS.forEach(function (name) {
+        if (here.get(name)) { url.searchParams.set(name, here.get(name)); } else { url.searchParams.delete(name); }
+      });
+      a.setAttribute("href", url.pathname + url.search);
+    });
+  }
+
+  document.addEventListener("htmx:afterRequest", function (event) {
+    var form = event.detail.elt;
+    if (!form || form.id !== "filters" || !event.detail.successful) return;
+    var url = new URL(location.href);
+    new FormData(form).forEach(function (value, name) {
+      if (value) { url.searchParams.set(name, value); } else { url.searchParams.delete(name); }
+    });
+    history.replaceState(history.state, "", url.pathname + url.search);
+    syncTabLinks();
+  });
+  document.addEventListener("htmx:afterSettle", syncTabLinks);
+  document.addEventListener("inbox:painted", syncTabLinks);
+  document.addEventListener("DOMContentLoaded", syncTabLinks);
 })();

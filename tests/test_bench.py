@@ -59,6 +59,8 @@ def test_make_bench_quick():
         for r in m["push"][mode].values():
             assert r["delivered"] == r["expected"]
     assert m["browser"]["repeat_visit"]["fragment_requests_max"] == 0
+    long_list = m["browser"]["long_list_update"]
+    assert long_list["loaded_rows"] >= 200 and long_list["rows_kept"]
 
     for leftover in (results / f"{NAME}.json", *results.glob(f"{NAME}-*.png")):
         leftover.unlink()

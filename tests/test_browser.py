@@ -66,13 +66,13 @@ def test_accept_reply_and_find_it_under_mine(page, server):
     expect(pane.locator(".status")).to_have_text("active")
     expect(pane.get_by_role("button", name="Accept")).to_have_count(0)
 
-    reply = pane.locator("#reply-body")
+    reply = pane.get_by_label("Reply", exact=True)
     reply.fill("Thanks, on it!")
     pane.get_by_role("button", name="Send").click()
     sent = pane.locator(".msg.out .msg-body").filter(has_text="Thanks, on it!")
     expect(sent).to_have_count(1)
     expect(sent).to_have_text("Thanks, on it!")
-    expect(pane.locator("#reply-body")).to_have_value("")  # a fresh form after the swap
+    expect(reply).to_have_value("")  # the sent text is no longer a draft
 
     tab(page, "Mine").click()
     expect(page).to_have_url(re.compile(r"tab=mine"))

@@ -192,7 +192,7 @@ def test_transfer_without_target_is_400(world, login):
 
 def test_quick_replies_are_offered(world, login):
     pane = login("ana@example.com").get(f"/conversations/{world.active_ana}", htmx=True).get_data(as_text=True)
-    assert 'data-insert-into="#reply-body"' in pane and "Hello! How can I help?" in pane
+    assert f'data-insert-into="#reply-body-{world.active_ana}"' in pane and "Hello! How can I help?" in pane
 
 
 def test_unknown_page_is_a_friendly_404(world, login):

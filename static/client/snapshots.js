@@ -1,0 +1,109 @@
+// Snapshots: instant repeat visits and reading from what was seen.
+//
+// Every element with data-cache-key is a fragment the server can refresh on its own.
+// - After each swap its HTML, ETag and time are kept in the agent's store.
+// - On load a snapshot whose ETag matches the page's data-etag is painted at once and not
+//   requested; a missing or older one is refreshed alone, with If-None-Match (304 if unchanged).
+// - Refreshes morph the element (idiomorph), so what the agent is doing inside survives:
+//   typed text, caret, focus, the list's scroll position, and every page loaded by scrolling
+//   (a list refresh asks for as many rows as are loaded).
+(function (Inbox) {
+  "use strict";
+  if (!Inbox.store) { return; }
+  var store = Inbox.store;
+  var MAX_PAGES = 20;  // the server's cap too (inbox.MAX_LIST_PAGES)
+
+  // One snapshot per data-cache-key and URL: the same data shown with another tab selected
+  // or another filter is another piece of HTML.
+  function slot(el) { return el.dataset.cacheKey + "|" + (el.getAttribute("hx-get") || ""); }
+
+  function save(el) {
+    if (!el.dataset.cacheKey || el.querySelector("[data-placeholder]")) { return; }
+    store.saveSnapshot(slot(el), { html: el.outerHTML, etag: el.dataset.etag || "", at: Date.now() });
+  }
+
+  function freshCsrf(html) {
+    // Snapshot forms carry the token of the session that saved them: use this page's.
+    var token = document.querySelector('meta[name="csrf-token"]').content;
+    return html.replace(/(name="csrf_token" value=")[^"]*"/g, "$1" + token + '"');
+  }
+
+  function all() { return Array.prototype.slice.call(document.querySelectorAll("[data-cache-key]")); }
+
+  function paint(el, snapshot) {
+    var holder = document.createElement("div");
+    holder.innerHTML = freshCsrf(snapshot.html);
+    var fresh = holder.firstElementChild;
+    el.replaceWith(fresh);
+    htmx.process(fresh);
+    return fresh;
+  }
+
+  function outermost(elements) {
+    return elements.filter(function (el) {
+      return !elements.some(function (other) { return other !== el && other.contains(el); });
+    });
+  }
+
+  // Ask the server for a fresh copy of `el` (through its hx-get, hx-trigger="refresh").
+  function refresh(el) {
+    if (document.contains(el)) { htmx.trigger(el, "refresh"); }
+  }
+
+  // On load: server-rendered fragments are kept as snapshots; placeholders (the server sends
+  // them once this browser holds snapshots) are painted from the store at once, and only the
+  // ones whose snapshot is missing or older than the page's data-etag are requested.
+  function start() {
+    var stale = [];
+    all().forEach(function (el) {
+      if (!el.querySelector("[data-placeholder]")) { save(el); return; }
+      var current = el.dataset.etag || "";
+      var snapshot = store.snapshot(slot(el));
+      if (snapshot) {
+        el = paint(el, snapshot);
+        Inbox.lastSeen = snapshot.at || Inbox.lastSeen;
+      }
+      if (!snapshot || !current || snapshot.etag !== current) { stale.push(el); }
+    });
+    document.dispatchEvent(new CustomEvent("inbox:painted"));
+    outermost(stale).forEach(refresh);
+  }
+
+  // -- htmx: send validators, keep loaded rows, keep snapshots ------------------------------
+  document.addEventListener("htmx:configRequest", function (e) {
+    var el = e.detail.elt;
+    if (!el || !el.dataset || !el.dataset.cacheKey || e.detail.verb !== "get") { return; }
+    var pageSize = Number(el.dataset.pageSize);
+    if (pageSize) {  // a list: refetch every page loaded by scrolling, not just the first
+      var rows = el.querySelectorAll("li.row").length;
+      var pages = Math.min(MAX_PAGES, Math.ceil(rows / pageSize));
+      if (pages > 1) { e.detail.parameters.pages = pages; }
+    }
+    var snapshot = store.snapshot(slot(el));
+    if (snapshot && snapshot.etag && el.dataset.etag === snapshot.etag) {
+      e.detail.headers["If-None-Match"] = snapshot.etag;
+    }
+  });
+  document.addEventListener("htmx:afterSettle", function () {
+    all().forEach(save);  // a handful of elements: simpler than working out which swapped
+  });
+
+  // Morphing keeps what the agent is doing: the value of a reply box is the agent's (drafts.js
+  // owns it), never the server's empty one.
+  if (window.Idiomorph) {
+    Idiomorph.defaults.callbacks.beforeAttributeUpdated = function (name, el) {
+      if (name === "value" && el.hasAttribute && el.hasAttribute("data-draft")) { return false; }
+    };
+  }
+
+  Inbox.fragments = { all: all, refresh: refresh, outermost: outermost };
+  Inbox.lastSeen = Date.now();  // when what is on screen was last known fresh
+
+  // After htmx has processed the page (its listener was registered first), before any request.
+  // (A deferred script runs while readyState is still "interactive", before that event.)
+  if (document.readyState === "complete") {
+    start();
+  } else {
+    document.addEventListener("DOMContentLoaded", start);
+  }
+})(window.Inbox);
