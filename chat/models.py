@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -162,11 +163,16 @@ class Message(db.Model):
     from_me: Mapped[bool] = mapped_column(Boolean, default=False)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     external_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # Chosen by the agent's client so a retried send stores one message (NULL for inbound).
+    idempotency_key: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     sender: Mapped[User | None] = relationship(lazy="joined")
 
-    __table_args__ = (Index("ix_messages_conversation_id", "conversation_id", "id"),)
+    __table_args__ = (
+        Index("ix_messages_conversation_id", "conversation_id", "id"),
+        UniqueConstraint("user_id", "idempotency_key", name="uq_messages_user_idempotency_key"),
+    )
 
 
 class Tag(db.Model):

@@ -10,6 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from chat import create_app
 from chat.extensions import db
@@ -124,3 +125,34 @@ def test_upgrade_keeps_agents_and_starts_their_session_version_at_zero(bare_app)
         flask_migrate.upgrade()
         with db.engine.connect() as conn:
             assert conn.execute(text("SELECT session_version FROM users")).scalar_one() == 0
+
+
+def test_idempotency_key_migration_keeps_messages_and_downgrades_cleanly(bare_app):
+    with bare_app.app_context():
+        flask_migrate.upgrade(revision="7c3f1a2b9d4e")
+        with db.engine.begin() as conn:
+            conn.execute(text("INSERT INTO users (email, name, password_hash, role, active, created_at) "
+                              "VALUES ('ana@example.com', 'Ana', 'x', 'agent', true, CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO contacts (name, phone, created_at) VALUES ('C', '+5511', CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO conversations (contact_id, status, last_message_at, last_message_body, "
+                              "unread_count, created_at) VALUES (1, 'active', CURRENT_TIMESTAMP, '', 0, CURRENT_TIMESTAMP)"))
+            for body in ("old reply", "another old reply"):  # two rows of one agent, both without a key
+                conn.execute(text("INSERT INTO messages (conversation_id, body, from_me, user_id, created_at) "
+                                  "VALUES (1, :body, true, 1, CURRENT_TIMESTAMP)"), {"body": body})
+        flask_migrate.upgrade()
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SELECT idempotency_key FROM messages")).scalars().all() == [None, None]
+        insert_keyed = text("INSERT INTO messages (conversation_id, body, from_me, user_id, idempotency_key, created_at) "
+                            "VALUES (1, 'new', true, 1, 'outbox-0001', CURRENT_TIMESTAMP)")
+        with db.engine.begin() as conn:
+            conn.execute(insert_keyed)
+        with pytest.raises(IntegrityError), db.engine.begin() as conn:
+            conn.execute(insert_keyed)  # the same agent and key twice
+
+        flask_migrate.downgrade(revision="7c3f1a2b9d4e")
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM messages")).scalar_one() == 3
+        columns = {c["name"] for c in inspect(db.engine).get_columns("messages")}
+        assert "idempotency_key" not in columns
+        assert [u["name"] for u in inspect(db.engine).get_unique_constraints("messages")
+                if u["name"] == "uq_messages_user_idempotency_key"] == []
