@@ -88,8 +88,10 @@ def messages(conversation_id: int):
 @bp.post("/conversations/<int:conversation_id>/messages")
 @agent_required
 def reply(conversation_id: int):
-    message = domain.send_reply(conversation_id, g.agent, _json_body().get("body"))
-    return ok(queries.message_dict(message), 201)
+    """201 with the new message; with an Idempotency-Key header a retry gets 200 and the same one."""
+    message, created = domain.send_reply(conversation_id, g.agent, _json_body().get("body"),
+                                         request.headers.get("Idempotency-Key"))
+    return ok(queries.message_dict(message), 201 if created else 200)
 
 
 @bp.post("/conversations/<int:conversation_id>/accept")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from flask import current_app
 from sqlalchemy import select, update
@@ -176,9 +177,37 @@ def accept_conversation(conversation_id: int, agent: User) -> Conversation:
     return db.session.get(Conversation, conversation_id)
 
 
-def send_reply(conversation_id: int, agent: User, body: object) -> Message:
-    """Store the agent's reply on an active conversation they handle."""
+IDEMPOTENCY_KEY_RE = re.compile(r"[A-Za-z0-9_-]{8,64}")
+KEY_REUSED = "this idempotency key was already used for another message"
+
+
+class SentReply(NamedTuple):
+    message: Message
+    created: bool  # False: a retry; the key's message already existed and nothing changed
+
+
+def clean_idempotency_key(key: object) -> str | None:
+    """A client's idempotency key: 8 to 64 letters, digits, '-' or '_'; None means no key."""
+    if key is None:
+        return None
+    if not isinstance(key, str) or not IDEMPOTENCY_KEY_RE.fullmatch(key):
+        raise InvalidInput("idempotency key must be 8 to 64 characters: letters, digits, '-' or '_'")
+    return key
+
+
+def send_reply(
+    conversation_id: int, agent: User, body: object, idempotency_key: object = None
+) -> SentReply:
+    """Store the agent's reply on an active conversation they handle.
+
+    A key already used by this agent for the same reply returns that message and changes
+    nothing, even if the conversation changed since (the reply was delivered): clients retry.
+    """
     body = clean_body(body)
+    key = clean_idempotency_key(idempotency_key)
+    sent = _sent_with_key(agent, key, conversation_id, body)
+    if sent is not None:
+        return SentReply(sent, created=False)
     conversation = get_visible_conversation(agent, conversation_id)
     if conversation.status == PENDING:
         raise Conflict("accept the conversation before replying")
@@ -195,10 +224,31 @@ def send_reply(conversation_id: int, agent: User, body: object) -> Message:
         "conversation is no longer active",
     )
     message = Message(
-        conversation_id=conversation_id, body=body, from_me=True, user_id=agent.id, created_at=now
+        conversation_id=conversation_id, body=body, from_me=True, user_id=agent.id, created_at=now,
+        idempotency_key=key,
     )
     db.session.add(message)
-    db.session.commit()
+    try:
+        db.session.commit()
+    except IntegrityError:
+        # The unique (user_id, idempotency_key) settles a retry racing the original: it won.
+        db.session.rollback()
+        sent = _sent_with_key(agent, key, conversation_id, body)
+        if sent is None:
+            raise
+        return SentReply(sent, created=False)
+    return SentReply(message, created=True)
+
+
+def _sent_with_key(agent: User, key: str | None, conversation_id: int, body: str) -> Message | None:
+    """The agent's message stored under this key, if any; 409 if it is a different message."""
+    if key is None:
+        return None
+    message = db.session.scalar(
+        select(Message).where(Message.user_id == agent.id, Message.idempotency_key == key)
+    )
+    if message is not None and (message.conversation_id != conversation_id or message.body != body):
+        raise Conflict(KEY_REUSED)
     return message
 
 

@@ -5,7 +5,7 @@ copy is still current. Actions call the domain and re-render from fresh cache re
 """
 from __future__ import annotations
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
 from . import domain, fragments
@@ -207,8 +207,19 @@ def _act(conversation_id: int, action, done: str = "Done."):
 
 @bp.post("/conversations/<int:conversation_id>/messages")
 def reply(conversation_id: int):
+    """Send a reply: 201 with the pane; a retry with the same idempotency key (form field
+    or Idempotency-Key header) stores nothing and answers 200 with the same pane."""
     body = request.form.get("body", "")
-    return _act(conversation_id, lambda: domain.send_reply(conversation_id, current_user, body))
+    key = request.form.get("idempotency_key", request.headers.get("Idempotency-Key"))
+    sent = {}
+
+    def action():
+        sent["created"] = domain.send_reply(conversation_id, current_user, body, key).created
+
+    response = make_response(_act(conversation_id, action))
+    if sent.get("created") and response.status_code == 200:
+        response.status_code = 201
+    return response
 
 
 @bp.post("/conversations/<int:conversation_id>/accept")

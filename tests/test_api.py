@@ -141,3 +141,29 @@ def test_unknown_route_and_method_are_json(client, ana):
     assert ana.get("/api/nope").get_json() == {"error": "not found"}
     response = client.delete("/api/conversations")
     assert response.status_code == 405 and response.get_json() == {"error": "method not allowed"}
+
+
+def test_reply_with_idempotency_key_is_201_then_200_with_the_same_message(client, world, token):
+    headers = {**token("ana@example.com"), "Idempotency-Key": "api-retry-0001"}
+    url = f"/api/conversations/{world.active_ana}/messages"
+    first = client.post(url, headers=headers, json={"body": "Exactly once"})
+    again = client.post(url, headers=headers, json={"body": "Exactly once"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.get_json()["data"] == first.get_json()["data"]
+    bodies = [m["body"] for m in client.get(url, headers=headers).get_json()["data"]]
+    assert bodies.count("Exactly once") == 1
+
+
+@pytest.mark.parametrize("key, body, status, error", [
+    ("short", "hi", 400, "idempotency key must be 8 to 64 characters: letters, digits, '-' or '_'"),
+    ("x" * 65, "hi", 400, "idempotency key must be 8 to 64 characters: letters, digits, '-' or '_'"),
+    ("api-retry-0001", "another body", 409, "this idempotency key was already used for another message"),
+])
+def test_reply_idempotency_key_errors(client, world, token, key, body, status, error):
+    headers = token("ana@example.com")
+    url = f"/api/conversations/{world.active_ana}/messages"
+    assert client.post(url, headers={**headers, "Idempotency-Key": "api-retry-0001"}, json={"body": "first"}).status_code == 201
+    before = client.get(url, headers=headers).get_json()["data"]
+    response = client.post(url, headers={**headers, "Idempotency-Key": key}, json={"body": body})
+    assert response.status_code == status and response.get_json() == {"error": error}
+    assert client.get(url, headers=headers).get_json()["data"] == before

@@ -5,6 +5,7 @@ from sqlalchemy import func, select
 from chat import domain
 from chat.errors import Conflict, InvalidInput, NotFound
 from chat.extensions import db
+from chat.invalidation import CHANGES
 from chat.models import ACTIVE, CLOSED, PENDING, Contact, Conversation, Message, User
 
 
@@ -122,7 +123,8 @@ def test_accept_other_departments_pending_is_not_found(app, world):
 
 def test_send_reply_stores_message_and_updates_conversation(app, world):
     with app.app_context():
-        message = domain.send_reply(world.active_ana, agent("ana@example.com"), "  On it!  ")
+        message, created = domain.send_reply(world.active_ana, agent("ana@example.com"), "  On it!  ")
+        assert created and message.idempotency_key is None
         assert (message.body, message.from_me, message.user_id) == ("On it!", True, world.ana)
         assert conv(world.active_ana).last_message_body == "On it!"
 
@@ -205,3 +207,84 @@ def test_mark_read_only_for_the_assigned_agent(app, world):
         assert conv(world.active_ana).unread_count == 2
         domain.mark_read(world.active_ana, agent("ana@example.com"))
         assert conv(world.active_ana).unread_count == 0
+
+
+KEY = "outbox-0001-abcd"
+
+
+def test_send_reply_with_a_used_key_returns_that_message_and_changes_nothing(app, world):
+    with app.app_context():
+        ana = agent("ana@example.com")
+        first, created = domain.send_reply(world.active_ana, ana, "On it!", idempotency_key=KEY)
+        assert created and first.idempotency_key == KEY
+        before = (count(Message), conv(world.active_ana).last_message_at)
+        again, created = domain.send_reply(world.active_ana, ana, "  On it!  ", idempotency_key=KEY)
+        assert not created and again.id == first.id
+        assert (count(Message), conv(world.active_ana).last_message_at) == before
+        assert not db.session.info.get(CHANGES)  # nothing to commit, so nothing to invalidate
+
+
+def test_a_reply_delivered_before_the_conversation_closed_is_still_a_repeat(app, world):
+    """The answer was lost, the conversation closed meanwhile: the retry learns it was delivered."""
+    with app.app_context():
+        ana = agent("ana@example.com")
+        first, _ = domain.send_reply(world.active_ana, ana, "Bye!", idempotency_key=KEY)
+        domain.close_conversation(world.active_ana, ana)
+        again, created = domain.send_reply(world.active_ana, ana, "Bye!", idempotency_key=KEY)
+        assert (again.id, created) == (first.id, False)
+
+
+@pytest.mark.parametrize("which, body", [("active_ana", "Something else"), ("active_bruno", "On it!")],
+                         ids=["other body", "other conversation"])
+def test_a_key_reused_for_another_message_is_a_conflict(app, world, which, body):
+    with app.app_context():
+        admin = agent("admin@example.com")  # may reply to both conversations
+        domain.send_reply(world.active_ana, admin, "On it!", idempotency_key=KEY)
+        before = (count(Message), conv(getattr(world, which)).last_message_at)
+        with pytest.raises(Conflict, match="this idempotency key was already used for another message"):
+            domain.send_reply(getattr(world, which), admin, body, idempotency_key=KEY)
+        assert (count(Message), conv(getattr(world, which)).last_message_at) == before
+
+
+def test_keys_are_unique_per_agent(app, world):
+    with app.app_context():
+        before = count(Message)
+        _, ana_created = domain.send_reply(world.active_ana, agent("ana@example.com"), "hi", idempotency_key=KEY)
+        _, admin_created = domain.send_reply(world.active_ana, agent("admin@example.com"), "hi", idempotency_key=KEY)
+        assert ana_created and admin_created and count(Message) == before + 2
+
+
+def test_a_retry_racing_the_original_returns_the_winners_message(app, world, monkeypatch):
+    """The window between looking the key up and committing: the unique constraint decides."""
+    with app.app_context():
+        ana = agent("ana@example.com")
+        winner, _ = domain.send_reply(world.active_ana, ana, "On it!", idempotency_key=KEY)
+        winner_id, stamp, before = winner.id, conv(world.active_ana).last_message_at, count(Message)
+        looked_up = []
+        real = domain._sent_with_key
+
+        def not_yet_committed(*args):  # the first lookup ran before the winner's commit
+            looked_up.append(args)
+            return None if len(looked_up) == 1 else real(*args)
+
+        monkeypatch.setattr(domain, "_sent_with_key", not_yet_committed)
+        again, created = domain.send_reply(world.active_ana, ana, "On it!", idempotency_key=KEY)
+        assert (again.id, created, len(looked_up)) == (winner_id, False, 2)
+        assert count(Message) == before
+        assert conv(world.active_ana).last_message_at == stamp  # the loser's UPDATE was rolled back
+
+
+@pytest.mark.parametrize("key", ["short", "x" * 65, "has space here", "dots.are.not.ok", "ключ-ключ-ключ",
+                                 "", "newline-at-end\n", 12345678])
+def test_bad_idempotency_keys_are_refused_and_change_nothing(app, world, key):
+    with app.app_context():
+        before = count(Message)
+        with pytest.raises(InvalidInput, match="idempotency key must be 8 to 64 characters"):
+            domain.send_reply(world.active_ana, agent("ana@example.com"), "hi", idempotency_key=key)
+        assert count(Message) == before
+
+
+@pytest.mark.parametrize("key", ["A1_b2-C3", "k" * 64])
+def test_idempotency_keys_of_8_and_64_characters_are_accepted(app, world, key):
+    with app.app_context():
+        assert domain.send_reply(world.active_ana, agent("ana@example.com"), "hi", idempotency_key=key).created

@@ -204,3 +204,68 @@ def test_unknown_page_is_a_friendly_404(world, login):
 def test_search_wildcards_are_literal(world, login, q):
     html = login("admin@example.com").get(f"/inbox/list?tab=all&q={q}", htmx=True).get_data(as_text=True)
     assert ids(html) == []
+
+
+def stored_with_key(app, key: str) -> int:
+    from sqlalchemy import func, select
+
+    from chat.extensions import db
+    from chat.models import Message
+
+    with app.app_context():
+        return db.session.scalar(select(func.count()).select_from(Message).where(Message.idempotency_key == key))
+
+
+@pytest.mark.parametrize("how", ["form field", "header"])
+def test_reply_with_an_idempotency_key_is_201_then_200_and_stored_once(app, world, login, how):
+    """The outbox's contract: 2xx means delivered, 201 the first time, 200 for a repeat."""
+    ana = login("ana@example.com")
+    url, key = f"/conversations/{world.active_ana}/messages", "outbox-key-0001"
+
+    def send():
+        if how == "header":
+            return ana.post(url, {"body": "Sent once"}, headers={"Idempotency-Key": key})
+        return ana.post(url, {"body": "Sent once", "idempotency_key": key})
+
+    first, again = send(), send()
+    assert (first.status_code, again.status_code) == (201, 200)
+    for response in (first, again):
+        assert re.findall(r'<p class="msg-body">(.*?)</p>', response.get_data(as_text=True)).count("Sent once") == 1
+    assert stored_with_key(app, key) == 1
+
+
+def test_a_reply_whose_answer_was_lost_is_delivered_once_when_retried(app, world, login):
+    """The request committed but its answer never reached the browser (the conversation was
+    closed meanwhile): the outbox retries it with the same key and learns it was delivered."""
+    ana = login("ana@example.com")
+    url, data = f"/conversations/{world.active_ana}/messages", {"body": "Are you there?", "idempotency_key": "lost-answer-1"}
+    ana.post(url, data)  # the answer is lost
+    assert ana.post(f"/conversations/{world.active_ana}/close").status_code == 200
+    retry = ana.post(url, data)
+    assert retry.status_code == 200 and "Are you there?" in retry.get_data(as_text=True)
+    assert stored_with_key(app, "lost-answer-1") == 1
+    # A new reply (a new key) to the closed conversation is refused as before: the state changed.
+    refused = ana.post(url, {"body": "Are you there?", "idempotency_key": "lost-answer-2"})
+    assert refused.status_code == 409 and "conversation is closed" in refused.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("data, status, message", [
+    ({"body": "hi", "idempotency_key": "short"}, 400, "idempotency key must be 8 to 64 characters"),
+    ({"body": "hi", "idempotency_key": "no spaces allowed"}, 400, "idempotency key must be 8 to 64 characters"),
+    ({"body": "not the same", "idempotency_key": "outbox-key-0001"}, 409,
+     "this idempotency key was already used for another message"),
+])
+def test_reply_key_errors_render_the_pane_with_the_message(world, login, data, status, message):
+    ana = login("ana@example.com")
+    url = f"/conversations/{world.active_ana}/messages"
+    assert ana.post(url, {"body": "first", "idempotency_key": "outbox-key-0001"}).status_code == 201
+    response = ana.post(url, data)
+    assert response.status_code == status and message in response.get_data(as_text=True)
+    html = ana.get(f"/conversations/{world.active_ana}/messages", htmx=True).get_data(as_text=True)
+    assert re.findall(r'<p class="msg-body">(.*?)</p>', html) == ["Hello", "first"]
+
+
+def test_reply_without_javascript_still_redirects(world, login):
+    ana = login("ana@example.com")
+    response = ana.post(f"/conversations/{world.active_ana}/messages", {"body": "plain form"}, htmx=False)
+    assert response.status_code == 302

@@ -107,6 +107,29 @@ def test_every_domain_function_leaves_fresh_reads(app, world, login, token, orac
         assert after[key][2] == "HIT", f"{key} should have stayed cached after {name}"
 
 
+def test_a_repeated_reply_invalidates_and_pushes_nothing(app, world, login):
+    """A retry with a used idempotency key commits nothing: every entry stays a HIT, no
+    generation moves and no browser is told to refetch."""
+    from chat import metrics
+    from chat.push import socketio
+
+    ana = login("ana@example.com")
+    url, data = f"/conversations/{world.active_ana}/messages", {"body": "once", "idempotency_key": "cache-key-0001"}
+    assert ana.post(url, data).status_code == 201
+    reads = ["/inbox/list?tab=mine", "/inbox/counts", f"/conversations/{world.active_ana}/messages"]
+    for read in reads:
+        ana.get(read, htmx=True)  # refill what the first send made stale
+    socket = socketio.test_client(app, flask_test_client=ana.client)
+    socket.get_received()
+    invalidations = metrics.history.totals["invalidations"]
+    assert ana.post(url, data).status_code == 200
+    assert metrics.history.totals["invalidations"] == invalidations
+    assert [e for e in socket.get_received() if e["name"] == "data:updated"] == []
+    for read in reads:
+        assert ana.get(read, htmx=True).headers["X-Cache"] == "HIT", read
+    socket.disconnect()
+
+
 def test_rollback_invalidates_nothing(app, world, login):
     ana = login("ana@example.com")
     ana.get("/inbox/list?tab=mine", htmx=True)
