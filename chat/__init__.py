@@ -35,6 +35,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["SQLALCHEMY_DATABASE_URI"] = normalise_database_url(uri)
 
     from . import auth, admin, api, cli, inbox, invalidation, observability, push, web
+    from . import throttle
     from .cache import smart_cache
     from .extensions import csrf, db, login_manager, migrate
 
@@ -54,6 +55,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(observability.bp)
     csrf.exempt(api.bp)  # the API authenticates with bearer tokens, never with the session cookie
+    throttle.init_app(app)  # after the blueprints: its limits wrap their views
     return app
 
 

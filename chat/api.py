@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import hmac
+import json
 from functools import wraps
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from . import domain, fragments, metrics, queries
-from .errors import DomainError, InvalidInput, NotFound
+from . import domain, fragments, metrics, queries, throttle
+from .errors import DomainError, InvalidInput, NotFound, UnsupportedMediaType
 from .visibility import can_see_summary
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -28,6 +29,15 @@ def ok(data, status: int = 200, **extra):
 @bp.errorhandler(DomainError)
 def domain_error(error: DomainError):
     return json_error(error.message, error.status)
+
+
+@bp.errorhandler(429)
+def too_many_refused_tokens(_error):
+    """Throttled after too many wrong bearer tokens from this address (chat/throttle.py)."""
+    wait = throttle.retry_after()
+    response, status = json_error(f"too many invalid tokens from this address; retry in {wait} s", 429)
+    response.headers["Retry-After"] = str(wait)
+    return response, status
 
 
 def _bearer() -> str | None:
@@ -53,10 +63,24 @@ def agent_required(view):
     return wrapper
 
 
-def _json_body() -> dict:
-    data = request.get_json(silent=True)
+def _json_body(*fields: str, optional: bool = False) -> dict:
+    """The request's JSON object, holding only `fields`. Whatever the parser refuses (not JSON,
+    invalid UTF-8, nested past the recursion limit) is a 400, never a 500; MAX_CONTENT_LENGTH
+    makes an oversized body a 413 before it is read. optional: no body at all is {}."""
+    if optional and not request.content_length and not request.headers.get("Transfer-Encoding"):
+        return {}
+    if not request.is_json:
+        raise UnsupportedMediaType("Content-Type must be application/json")
+    try:
+        data = json.loads(request.get_data(cache=False))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        data = None
     if not isinstance(data, dict):
         raise InvalidInput("request body must be a JSON object")
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        expected = f"; expected {', '.join(fields)}" if fields else "; this request takes none"
+        raise InvalidInput(f"unknown field {unknown[0]!r}{expected}")
     return data
 
 
@@ -89,7 +113,7 @@ def messages(conversation_id: int):
 @agent_required
 def reply(conversation_id: int):
     """201 with the new message; with an Idempotency-Key header a retry gets 200 and the same one."""
-    message, created = domain.send_reply(conversation_id, g.agent, _json_body().get("body"),
+    message, created = domain.send_reply(conversation_id, g.agent, _json_body("body").get("body"),
                                          request.headers.get("Idempotency-Key"))
     return ok(queries.message_dict(message), 201 if created else 200)
 
@@ -97,6 +121,7 @@ def reply(conversation_id: int):
 @bp.post("/conversations/<int:conversation_id>/accept")
 @agent_required
 def accept(conversation_id: int):
+    _json_body(optional=True)  # takes no fields, but a body sent is checked like any other
     conversation = domain.accept_conversation(conversation_id, g.agent)
     return ok(queries.conversation_summary(conversation))
 
@@ -104,8 +129,12 @@ def accept(conversation_id: int):
 @bp.post("/conversations/<int:conversation_id>/close")
 @agent_required
 def close(conversation_id: int):
+    _json_body(optional=True)
     conversation = domain.close_conversation(conversation_id, g.agent)
     return ok(queries.conversation_summary(conversation))
+
+
+INBOUND_FIELDS = ("phone", "body", "name", "external_id", "avatar_url")
 
 
 @bp.post("/inbound")
@@ -117,7 +146,7 @@ def inbound():
         return json_error("missing bearer token", 401)
     if not hmac.compare_digest(token.encode(), expected.encode()):
         return json_error("invalid token", 401)
-    data = _json_body()
+    data = _json_body(*INBOUND_FIELDS)
     result = domain.receive_inbound(
         phone=data.get("phone"),
         body=data.get("body"),

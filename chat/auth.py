@@ -3,23 +3,34 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, Response, flash, jsonify, redirect, render_template, request, url_for
+from flask import (Blueprint, Flask, Response, flash, jsonify, make_response, redirect, render_template,
+                   request, url_for)
 from flask_login import LoginManager, current_user, login_required, login_url, login_user, logout_user
 from flask_wtf import FlaskForm
 from sqlalchemy import select
 from wtforms import BooleanField, EmailField, PasswordField
-from wtforms.validators import DataRequired, Length
+from wtforms.validators import DataRequired, Length, ValidationError
 
-from . import catalog, fragments
+from . import catalog, fragments, throttle
+from .domain import reject_control_characters
+from .errors import InvalidInput
 from .extensions import db
 from .models import User, Viewer
 
 bp = Blueprint("auth", __name__)
 
 
+def _no_control_characters(_form, field) -> None:
+    """The domain's rule for text, as a form validator (NUL would 500 PostgreSQL's lookup)."""
+    try:
+        reject_control_characters(field.data or "", field.label.text.lower())
+    except InvalidInput as exc:
+        raise ValidationError(exc.message) from None
+
+
 class LoginForm(FlaskForm):
-    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
-    password = PasswordField("Password", validators=[DataRequired(), Length(max=256)])
+    email = EmailField("Email", validators=[DataRequired(), Length(max=254), _no_control_characters])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=256), _no_control_characters])
     remember = BooleanField("Keep me signed in")
 
 
@@ -70,9 +81,20 @@ def login():
             error = "This account is deactivated. Ask an admin."
         else:
             login_user(user, remember=form.remember.data)
+            throttle.signed_in()
             return redirect(_safe_next(request.args.get("next")))
     status = 401 if error else (400 if form.errors else 200)
     return render_template("auth/login.html", form=form, error=error), status
+
+
+@bp.errorhandler(429)
+def too_many_attempts(_error) -> Response:
+    """Throttled (chat/throttle.py): the sign-in page again, saying for how long."""
+    wait = throttle.retry_after()
+    error = f"Too many sign-in attempts. Wait {wait} second{'s' if wait != 1 else ''} and try again."
+    response = make_response(render_template("auth/login.html", form=LoginForm(), error=error), 429)
+    response.headers["Retry-After"] = str(wait)
+    return response
 
 
 @bp.post("/logout")

@@ -10,6 +10,7 @@ import re
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from .domain import reject_control_characters
 from .errors import InvalidInput, NotFound
 from .extensions import db
 from .models import ROLES, Department, QuickReply, Tag, User
@@ -21,14 +22,14 @@ EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 def _text(value: object, field: str, limit: int) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput(f"{field} is required")
-    value = value.strip()
+    value = reject_control_characters(value.strip(), field)
     if len(value) > limit:
         raise InvalidInput(f"{field} must be at most {limit} characters")
     return value
 
 
 def _color(value: object) -> str:
-    if not isinstance(value, str) or not COLOR_RE.match(value):
+    if not isinstance(value, str) or not COLOR_RE.fullmatch(value):  # match() allows a trailing "\n"
         raise InvalidInput("colour must look like #1a2b3c")
     return value.lower()
 
@@ -104,6 +105,7 @@ def save_agent(
     if password or not agent_id:
         if not isinstance(password, str) or len(password) < 8:
             raise InvalidInput("password must have at least 8 characters")
+        reject_control_characters(password, "password")  # the sign-in form refuses them too
         agent.set_password(password)
     departments = list(db.session.scalars(select(Department).where(Department.id.in_(department_ids))))
     if len(departments) != len(set(department_ids)):

@@ -11,9 +11,17 @@ class Config:
     # Several deployments may share one Redis: keys and Socket.IO events stay apart by these.
     CACHE_KEY_PREFIX = os.environ.get("CACHE_KEY_PREFIX", "chat:")
     SOCKETIO_CHANNEL = os.environ.get("SOCKETIO_CHANNEL", "chat-socketio")
+    # Throttling (chat/throttle.py; Flask-Limiter's RATELIMIT_* settings apply as well): sign-in
+    # attempts per account, refused sign-ins and refused bearer tokens per client address.
+    SIGN_IN_LIMIT_PER_ACCOUNT = os.environ.get("SIGN_IN_LIMIT_PER_ACCOUNT", "5 per minute")
+    SIGN_IN_LIMIT_PER_ADDRESS = os.environ.get("SIGN_IN_LIMIT_PER_ADDRESS", "20 per minute")
+    TOKEN_LIMIT_PER_ADDRESS = os.environ.get("TOKEN_LIMIT_PER_ADDRESS", "20 per minute")
     PAGE_SIZE = 50
     MESSAGE_PAGE_SIZE = 50
     MAX_BODY_LENGTH = 4096
+    # Every body we take is small (a 4,096-character message is at most ~49 KB as JSON
+    # \u escapes): anything larger is refused with 413 before it is read.
+    MAX_CONTENT_LENGTH = 256 * 1024
     WTF_CSRF_TIME_LIMIT = None  # a tab left open all day must still be able to reply
     WTF_CSRF_SSL_STRICT = False
     SESSION_COOKIE_SAMESITE = "Lax"

@@ -39,10 +39,28 @@ class InboundResult:
     created: bool
 
 
+# Control characters other than tab and newlines, DEL, C1 controls and lone surrogates (which
+# JSON's "\ud800" can carry). PostgreSQL refuses NUL in text and neither database can encode a
+# lone surrogate, so storing them would 500 on one database and store junk on the other.
+# CR stays allowed: browsers send a textarea's newlines as CRLF.
+CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def reject_control_characters(value: str, field: str) -> str:
+    """The one rule for text anyone sends us (webhook, API, forms): no control characters
+    except tab and newlines, the same on every database."""
+    if CONTROL_CHARACTERS.search(value):
+        raise InvalidInput(f"{field} must not contain control characters")
+    return value
+
+
 def clean_body(body: object) -> str:
     """A message body: a non-blank string no longer than MAX_BODY_LENGTH."""
-    if not isinstance(body, str) or not body.strip():
+    if body is not None and not isinstance(body, str):
+        raise InvalidInput("message body must be a string")
+    if not body or not body.strip():
         raise InvalidInput("message body must not be empty")
+    reject_control_characters(body, "message body")
     limit = current_app.config["MAX_BODY_LENGTH"]
     if len(body) > limit:
         raise InvalidInput(f"message body must be at most {limit} characters")
@@ -50,8 +68,11 @@ def clean_body(body: object) -> str:
 
 
 def clean_phone(phone: object) -> str:
-    if not isinstance(phone, str):
+    if phone is None:
         raise InvalidInput("phone is required")
+    if not isinstance(phone, str):
+        raise InvalidInput("phone must be a string")
+    reject_control_characters(phone, "phone")
     digits = re.sub(r"[\s\-().]", "", phone)
     if not PHONE_RE.match(digits):
         raise InvalidInput("phone must be 5 to 20 digits, optionally starting with +")
@@ -90,6 +111,12 @@ def receive_inbound(
         raise InvalidInput("external_id must be a non-empty string of at most 255 characters")
     if avatar_url is not None and (not isinstance(avatar_url, str) or len(avatar_url) > 500):
         raise InvalidInput("avatar_url must be a string of at most 500 characters")
+    for field, value in (("name", name), ("external_id", external_id), ("avatar_url", avatar_url)):
+        if value is not None:
+            reject_control_characters(value, field)
+    if avatar_url and not avatar_url.startswith("https://"):
+        # The Content-Security-Policy lets pages load images from https: only (see web.py).
+        raise InvalidInput("avatar_url must be an https:// URL")
     name = (name or "").strip() or phone
 
     for attempt in range(3):

@@ -19,3 +19,7 @@ class NotFound(DomainError):
 
 class Conflict(DomainError):
     status = 409
+
+
+class UnsupportedMediaType(DomainError):
+    status = 415

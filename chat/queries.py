@@ -10,6 +10,7 @@ from datetime import datetime
 from flask import current_app
 from sqlalchemy import and_, case, func, or_, select
 
+from .domain import CONTROL_CHARACTERS
 from .extensions import db
 from .models import ACTIVE, CLOSED, PENDING, Contact, Conversation, Department, Message, User
 from .visibility import tab_filter, visible_to
@@ -44,7 +45,9 @@ def conversation_summary(c: Conversation) -> dict:
 
 
 def _contains(q: str) -> str:
-    """A LIKE pattern matching `q` literally: '%' and '_' typed by a user are not wildcards."""
+    """A LIKE pattern matching `q` literally: '%' and '_' typed by a user are not wildcards.
+    Control characters are dropped: nothing stored holds them, and PostgreSQL refuses NUL."""
+    q = CONTROL_CHARACTERS.sub("", q)
     escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
 

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from typing import Callable, Iterable
 
-from flask import Flask, Response, make_response, render_template, request
+from flask import Flask, Response, current_app, make_response, render_template, request
 from flask_wtf.csrf import CSRFError
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
@@ -37,6 +37,9 @@ def init_app(app: Flask) -> None:
         if wants_json():
             from .api import json_error
 
+            if error.code == 413:
+                limit = current_app.config["MAX_CONTENT_LENGTH"]
+                return json_error(f"request body must be at most {limit} bytes", 413)
             return json_error((error.name or "error").lower(), error.code or 500)
         return error
 

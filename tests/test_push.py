@@ -126,6 +126,14 @@ def test_password_change_disconnects_the_agents_sockets(app, world, login):
     assert not ana_socket.is_connected()
 
 
+def test_deactivation_disconnects_the_agents_sockets(app, world, login):
+    ana_socket = connect(app, login("ana@example.com"))
+    with app.app_context():
+        catalog.save_agent("ana@example.com", "Ana Costa", "agent", [world.support], active=False,
+                           agent_id=world.ana)
+    assert not ana_socket.is_connected()
+
+
 def test_socket_with_a_signed_out_session_is_refused(app, world, login):
     laptop, phone = login("ana@example.com"), login("ana@example.com")
     laptop.post("/logout", htmx=False)
