@@ -2,6 +2,10 @@
 import os
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 class Config:
     SECRET_KEY = os.environ.get("SECRET_KEY")  # None: the factory loads or creates one in instance/
     SQLALCHEMY_DATABASE_URI = os.environ.get("DATABASE_URL")  # None: SQLite in instance/
@@ -27,6 +31,17 @@ class Config:
     SESSION_COOKIE_SAMESITE = "Lax"
     SESSION_COOKIE_HTTPONLY = True
     REMEMBER_COOKIE_HTTPONLY = True
+    REMEMBER_COOKIE_SAMESITE = "Lax"
+    # Production: cookies only over HTTPS. On with PRODUCTION=1, and whenever the app says it is
+    # served over https (PREFERRED_URL_SCHEME=https) or behind a proxy (PROXY_FIX=<number of proxies>,
+    # which also makes Flask trust that many X-Forwarded-For/-Proto/-Host headers).
+    PRODUCTION = _flag("PRODUCTION")
+    PREFERRED_URL_SCHEME = os.environ.get("PREFERRED_URL_SCHEME", "http")
+    PROXY_FIX = int(os.environ.get("PROXY_FIX") or 0)
+    # /metrics: open unless one of these is set; then a scraper needs the bearer token or an
+    # address in the allow-list (comma-separated addresses or networks, e.g. 10.0.0.0/8,::1).
+    METRICS_TOKEN = os.environ.get("METRICS_TOKEN")
+    METRICS_ALLOW = os.environ.get("METRICS_ALLOW", "")
 
 
 def normalise_database_url(url: str) -> str:

@@ -1,16 +1,18 @@
 """Looking at the cache: /metrics for Prometheus and the admin's live cache panel.
 
-/metrics needs no login (scrapers), so it exposes only the app's own counters and histogram
+/metrics needs no login (scrapers; METRICS_TOKEN or METRICS_ALLOW close it), so it exposes only the app's own counters and histogram
 (chat_*): no process, platform or interpreter details, and never a key or a name.
 Both views read per-process numbers: under gunicorn every worker counts on its own.
 """
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import os
 import time
 from functools import wraps
 
-from flask import Blueprint, Response, abort, make_response, render_template, url_for
+from flask import Blueprint, Response, abort, current_app, make_response, render_template, request, url_for
 from flask_login import current_user, login_required
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
@@ -57,8 +59,29 @@ def admin_only(view):
     return wrapped
 
 
+def _metrics_allowed() -> bool:
+    """Open unless METRICS_TOKEN or METRICS_ALLOW is set; then the token or an allowed address."""
+    token, allow = current_app.config.get("METRICS_TOKEN"), current_app.config.get("METRICS_ALLOW") or ""
+    if not token and not allow.strip():
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if token and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+        return True
+    try:
+        address = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(n.strip(), strict=False) for n in allow.split(",") if n.strip())
+
+
 @bp.get("/metrics")
 def prometheus_metrics():
+    if not _metrics_allowed():
+        if not current_app.config.get("METRICS_TOKEN"):
+            return make_response("this address may not read the metrics\n", 403)
+        response = make_response("metrics need a bearer token (or an allowed address)\n", 401)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
     response = make_response(generate_latest(_AppMetrics()))
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     response.headers["Cache-Control"] = "no-store"

@@ -10,6 +10,7 @@ from flask import Flask, Response, current_app, make_response, render_template, 
 from flask_wtf.csrf import CSRFError
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import metrics
 from .cache import smart_cache
@@ -27,7 +28,36 @@ def wants_json() -> bool:
     return request.path.startswith("/api/")
 
 
+# What the pages may load; tests/test_csp.py visits every page in chromium and fails on any
+# violation.
+# - script-src 'self': our files only; no inline script, no eval. htmx runs with allowEval off
+#   (the htmx-config meta in base.html), and the morph extension only reaches its Function()
+#   path for hx-swap values other than "morph", "morph:innerHTML" and "morph:outerHTML".
+# - style-src 'self' plus style-src-attr 'unsafe-inline': the stylesheet is a file, and a
+#   department's colour is an inline style="--dept: #1a2b3c" attribute (validated as a hex
+#   colour by catalog.py). Attributes cannot hold selectors or run script, so the worst an
+#   injected one could do is load an image, which img-src bounds; <style> elements stay
+#   forbidden (htmx's indicator styles are off).
+# - img-src https: contact avatars are the messaging provider's URLs on its own CDN, so any
+#   https host (the webhook refuses other schemes); data: for the empty favicon.
+# - connect-src 'self': htmx, GET /session and Socket.IO; in CSP 3 'self' also matches ws: and
+#   wss: on the same host and port, which chromium honours.
+CONTENT_SECURITY_POLICY = "; ".join((
+    "default-src 'self'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "style-src-attr 'unsafe-inline'",
+    "img-src 'self' data: https:",
+    "connect-src 'self'",
+    "object-src 'none'",
+    "base-uri 'self'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+))
+
+
 def init_app(app: Flask) -> None:
+    _production_settings(app)
     app.add_template_filter(_time_tag, "time")
     app.add_template_filter(_initials, "initials")
 
@@ -74,10 +104,23 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def security_headers(response):
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "same-origin")
         return response
+
+
+def _production_settings(app: Flask) -> None:
+    """Behind HTTPS or a proxy, or with PRODUCTION=1: session and remember-me cookies are
+    Secure (they stay HttpOnly and SameSite=Lax); PROXY_FIX=N trusts N proxies' X-Forwarded-*."""
+    config = app.config
+    if config.get("PROXY_FIX"):
+        hops = int(config["PROXY_FIX"])
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
+    if config.get("PRODUCTION") or config.get("PREFERRED_URL_SCHEME") == "https" or config.get("PROXY_FIX"):
+        config["SESSION_COOKIE_SECURE"] = True
+        config["REMEMBER_COOKIE_SECURE"] = True
 
 
 def _error_page(status: int, title: str, message: str):

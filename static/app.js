@@ -62,6 +62,12 @@
     select.value = "";
   });
 
+  // <form data-confirm="…"> asks first (no inline onsubmit: the Content-Security-Policy forbids it).
+  document.addEventListener("submit", function (event) {
+    var form = event.target.closest && event.target.closest("form[data-confirm]");
+    if (form && !window.confirm(form.dataset.confirm)) event.preventDefault();
+  });
+
   document.addEventListener("keydown", function (event) {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && event.target.matches(".reply textarea")) {
       event.preventDefault();
