@@ -175,8 +175,9 @@ class Gunicorn:
     """The bench app (bench.benchapp: the product plus /bench/hello) under gunicorn gthread,
     one worker, like `make run`."""
 
-    def __init__(self, workdir: Path, env: dict, threads: int = 100, name: str = "gunicorn"):
-        self.port = free_port()
+    def __init__(self, workdir: Path, env: dict, threads: int = 100, name: str = "gunicorn",
+                 port: int | None = None):
+        self.port = port or free_port()  # a given port: the same server started again
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = workdir / f"{name}-{self.port}.log"
         self.process = subprocess.Popen(

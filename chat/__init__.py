@@ -34,7 +34,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     uri = app.config.get("SQLALCHEMY_DATABASE_URI") or f"sqlite:///{Path(app.instance_path) / 'chat.db'}"
     app.config["SQLALCHEMY_DATABASE_URI"] = normalise_database_url(uri)
 
-    from . import auth, admin, api, cli, inbox, invalidation, observability, push, web
+    from . import auth, admin, api, cli, inbox, invalidation, observability, offline, push, web
     from . import throttle
     from .cache import smart_cache
     from .extensions import csrf, db, login_manager, migrate
@@ -48,6 +48,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     auth.init_app(app, login_manager)
     web.init_app(app)
     cli.init_app(app)
+    offline.init_app(app)
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(inbox.bp)

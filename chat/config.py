@@ -20,6 +20,8 @@ class Config:
     SIGN_IN_LIMIT_PER_ACCOUNT = os.environ.get("SIGN_IN_LIMIT_PER_ACCOUNT", "5 per minute")
     SIGN_IN_LIMIT_PER_ADDRESS = os.environ.get("SIGN_IN_LIMIT_PER_ADDRESS", "20 per minute")
     TOKEN_LIMIT_PER_ADDRESS = os.environ.get("TOKEN_LIMIT_PER_ADDRESS", "20 per minute")
+    # Names this deploy's static files and service worker (with their contents); ETags too.
+    RELEASE = os.environ.get("RELEASE", "1")
     PAGE_SIZE = 50
     MESSAGE_PAGE_SIZE = 50
     MAX_BODY_LENGTH = 4096

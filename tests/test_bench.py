@@ -61,6 +61,8 @@ def test_make_bench_quick():
     assert m["browser"]["repeat_visit"]["fragment_requests_max"] == 0
     long_list = m["browser"]["long_list_update"]
     assert long_list["loaded_rows"] >= 200 and long_list["rows_kept"]
+    assert m["browser"]["offline"]["reload_to_painted_ms_p50"] > 0
+    assert m["browser"]["offline"]["queued_reply_delivered_after_ms"] > 0
 
     for leftover in (results / f"{NAME}.json", *results.glob(f"{NAME}-*.png")):
         leftover.unlink()

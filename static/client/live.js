@@ -64,6 +64,14 @@
   }
   document.addEventListener("submit", function (e) {
     if (e.target.matches('form[action$="/logout"]')) {
+      var waiting = Inbox.outbox ? Inbox.outbox.count() : 0;
+      if (waiting && !window.confirm(waiting + (waiting === 1 ? " reply has" : " replies have") +
+          " not reached the server yet. Signing out deletes " + (waiting === 1 ? "it" : "them") +
+          " from this device. Sign out anyway?")) {
+        e.preventDefault();
+        e.stopImmediatePropagation();
+        return;
+      }
       leaving = true;
       Inbox.store.forget();
       if (channel) { channel.postMessage({ signedOut: Inbox.agent }); }
@@ -135,6 +143,7 @@
     banner().hidden = true;
     applyOffline();
     revalidateAll();
+    document.dispatchEvent(new CustomEvent("inbox:online"));  // the outbox sends what waits
     if (socket && !socket.connected) { socket.connect(); }
   }
 
@@ -167,7 +176,8 @@
 
   function showError(detail, message) {
     var el = detail.elt;
-    if (!el || !document.contains(el)) { return; }
+    // Queued by the outbox, or answered from a snapshot: nothing failed that the agent must redo.
+    if (!el || !document.contains(el) || detail.queuedReply || detail.servedFromSnapshot) { return; }
     if (isRefresh(detail)) { retryLater(el); return; }  // background work: try again quietly
     errorSlot(el).textContent = message;
   }

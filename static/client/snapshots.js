@@ -96,7 +96,7 @@
     };
   }
 
-  Inbox.fragments = { all: all, refresh: refresh, outermost: outermost };
+  Inbox.fragments = { all: all, refresh: refresh, outermost: outermost, freshCsrf: freshCsrf };
   Inbox.lastSeen = Date.now();  // when what is on screen was last known fresh
 
   // After htmx has processed the page (its listener was registered first), before any request.

@@ -1,9 +1,10 @@
-// The browser client's one per-agent store (localStorage): fragment snapshots, reply drafts.
+// The browser client's one per-agent store (localStorage): fragment snapshots, reply drafts,
+// and the outbox of replies waiting for the server.
 //
 // Every record lives under "inbox:v1:<agent id>:", so one agent's data is never shown to
 // another and signing out drops exactly that agent's records. Snapshots are a cache: when the
-// quota is full the oldest one (of any agent) goes first. Drafts are the agent's own work:
-// never evicted, only cleared when sent or on sign-out.
+// quota is full the oldest one (of any agent) goes first. Drafts and queued replies are the
+// agent's own work: never evicted, only cleared when sent or on sign-out.
 window.Inbox = window.Inbox || {};
 (function (Inbox) {
   "use strict";
@@ -11,7 +12,7 @@ window.Inbox = window.Inbox || {};
   if (!agent) { return; }  // signed out: nothing to keep
   var ROOT = "inbox:", VERSION = "v1";
   var PREFIX = ROOT + VERSION + ":" + agent + ":";
-  var DRAFT = "draft:";
+  var DRAFT = "draft:", OUTBOX = "outbox:";
   var COOKIE = "inbox_snapshots";  // tells the server this browser can paint this agent's snapshots
   var closed = false;  // after sign-out nothing is written again, even by a late swap
 
@@ -39,12 +40,15 @@ window.Inbox = window.Inbox || {};
     return found;
   }
 
-  function isDraft(key) { return key.split(":")[3] + ":" === DRAFT; }
+  function isWork(key) {  // a draft or a queued reply: never evicted
+    var kind = key.split(":")[3] + ":";
+    return kind === DRAFT || kind === OUTBOX;
+  }
 
   function evictOldestSnapshot() {
     var oldest = null, oldestAt = Infinity;
     keys(ROOT).forEach(function (k) {
-      if (isDraft(k)) { return; }
+      if (isWork(k)) { return; }
       var at = 0;
       try { at = JSON.parse(localStorage.getItem(k)).at || 0; } catch (e) { /* unreadable: oldest */ }
       if (at < oldestAt) { oldest = k; oldestAt = at; }
@@ -57,6 +61,12 @@ window.Inbox = window.Inbox || {};
   Inbox.agent = agent;
   Inbox.store = {
     snapshot: function (slot) { return read(slot); },
+    // Every snapshot as {slot, record}: the offline shell looks them up by URL.
+    snapshots: function () {
+      return keys(PREFIX).filter(function (k) { return !isWork(k); }).map(function (k) {
+        return { slot: k.slice(PREFIX.length), record: read(k.slice(PREFIX.length)) };
+      }).filter(function (s) { return s.record && s.record.html; });
+    },
     saveSnapshot: function (slot, record) {
       if (write(slot, record)) {
         document.cookie = COOKIE + "=" + agent + "; path=/; SameSite=Lax; max-age=2592000";
@@ -67,11 +77,22 @@ window.Inbox = window.Inbox || {};
       if (text) { write(DRAFT + conversation, { text: text, at: Date.now() }); }
       else { localStorage.removeItem(PREFIX + DRAFT + conversation); }
     },
-    // Sign-out: this agent's snapshots and drafts go, from this tab and for every tab.
+    queued: function () {
+      return keys(PREFIX + OUTBOX).map(function (k) { return read(k.slice(PREFIX.length)); })
+        .filter(Boolean).sort(function (a, b) { return a.at - b.at; });
+    },
+    queue: function (reply) { return write(OUTBOX + reply.key, reply); },
+    unqueue: function (key) { localStorage.removeItem(PREFIX + OUTBOX + key); },
+    // Sign-out: this agent's snapshots, drafts and queued replies go, from this tab and for
+    // every tab, and from the service worker's pages.
     forget: function () {
       closed = true;
       keys(PREFIX).forEach(function (k) { localStorage.removeItem(k); });
+      localStorage.removeItem("htmx-history-cache");  // htmx's copies of pages left by navigation
       document.cookie = COOKIE + "=; path=/; max-age=0";
+      if (navigator.serviceWorker && navigator.serviceWorker.controller) {
+        navigator.serviceWorker.controller.postMessage({ type: "forget", agent: agent });
+      }
     },
   };
 })(window.Inbox);
