@@ -110,7 +110,7 @@ def _sees_pending(viewer, department_id) -> bool:
 
 
 def run_design(design_name: str, ctx, viewers, active, pending, events) -> dict:
-    from chat import domain, fragments, queries
+    from chat import domain, fragments, queries, visibility
     from chat.extensions import db
 
     database = copy_database(ctx.database, ctx.workdir / f"queries-{design_name}.db")
@@ -128,7 +128,7 @@ def run_design(design_name: str, ctx, viewers, active, pending, events) -> dict:
     def do_read(i, tab):
         viewer = viewers[i]
         key = fragments.conversation_list_key(viewer, tab, None, "")
-        _, tags = fragments.list_scope(viewer, tab)
+        tags = visibility.list_scope(viewer, tab).tags
         fetch = lambda: queries.list_conversations(viewer, tab)  # noqa: E731
         started = time.perf_counter()
         if isinstance(design, FlaskCaching):

@@ -9,7 +9,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from . import domain, fragments, metrics, queries, throttle
 from .errors import DomainError, InvalidInput, NotFound, UnsupportedMediaType
-from .visibility import can_see_summary
+from .visibility import TABS, can_see_summary
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -88,8 +88,8 @@ def _json_body(*fields: str, optional: bool = False) -> dict:
 @agent_required
 def conversations():
     tab = request.args.get("status", "pending")
-    if tab not in queries.TABS:
-        return json_error(f"status must be one of {', '.join(queries.TABS)}", 400)
+    if tab not in TABS:
+        return json_error(f"status must be one of {', '.join(TABS)}", 400)
     page = fragments.conversation_list(
         g.agent, tab, request.args.get("department", type=int), request.args.get("q", ""),
         request.args.get("cursor"),

@@ -17,9 +17,7 @@ from .cache import smart_cache
 from .extensions import db
 from .invalidation import has_pending_writes
 from .models import Conversation, QuickReply, Tag, User, Viewer, hash_token
-
-DIRECTORY = "directory"  # names and colours of agents, departments, contacts shown in lists
-
+from .visibility import DIRECTORY, list_scope
 
 def _digest(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
@@ -31,27 +29,9 @@ def read(key: str, fetch: Callable[[], Any], ttl: str = "dynamic", tags: Iterabl
                                     bypass=has_pending_writes(db.session))
 
 
-# -- who may see which list ---------------------------------------------------------------
-def _pending_tags(viewer: Viewer) -> tuple[str, ...]:
-    return tuple(f"convs:dept:{d}" for d in viewer.department_ids) + ("convs:dept:none",)
-
-
-def list_scope(viewer: Viewer, tab: str) -> tuple[str, tuple[str, ...]]:
-    """(scope in the key, tags): the viewer's permission set as far as this tab depends on it."""
-    if viewer.is_admin:
-        return "all", ("convs:all", DIRECTORY)
-    if tab == "pending":
-        depts = ",".join(str(d) for d in viewer.department_ids) or "none"
-        return f"depts:{depts}", _pending_tags(viewer) + (DIRECTORY,)
-    if tab in ("mine", "closed"):
-        return f"user:{viewer.id}", (f"convs:user:{viewer.id}", DIRECTORY)
-    return f"user:{viewer.id}", _pending_tags(viewer) + (f"convs:user:{viewer.id}", DIRECTORY)
-
-
 def conversation_list_key(viewer: Viewer, tab: str, department_id: int | None, q: str,
                           cursor: str | None = None, pages: int = 1) -> str:
-    scope, _ = list_scope(viewer, tab)
-    key = f"conversations:{scope}:tab:{tab}"
+    key = f"conversations:{list_scope(viewer, tab).name}:tab:{tab}"
     if department_id is not None:
         key += f":dept:{department_id}"
     if q.strip():
@@ -65,25 +45,25 @@ def conversation_list_key(viewer: Viewer, tab: str, department_id: int | None, q
 
 def conversation_list(viewer: Viewer, tab: str, department_id: int | None = None, q: str = "",
                       cursor: str | None = None, pages: int = 1) -> dict:
-    _, tags = list_scope(viewer, tab)
     return read(conversation_list_key(viewer, tab, department_id, q, cursor, pages),
-                lambda: queries.list_conversations(viewer, tab, department_id, q, cursor, pages), tags=tags)
+                lambda: queries.list_conversations(viewer, tab, department_id, q, cursor, pages),
+                tags=list_scope(viewer, tab).tags)
 
 
 def counts_key(viewer: Viewer) -> str:
-    return f"counts:{list_scope(viewer, 'all')[0]}"
+    return f"counts:{list_scope(viewer).name}"
 
 
 def tab_counts(viewer: Viewer) -> dict:
-    return read(counts_key(viewer), lambda: queries.tab_counts(viewer), tags=list_scope(viewer, "all")[1])
+    return read(counts_key(viewer), lambda: queries.tab_counts(viewer), tags=list_scope(viewer).tags)
 
 
 def dashboard_key(viewer: Viewer) -> str:
-    return f"dashboard:{list_scope(viewer, 'all')[0]}"
+    return f"dashboard:{list_scope(viewer).name}"
 
 
 def dashboard(viewer: Viewer) -> dict:
-    return read(dashboard_key(viewer), lambda: queries.dashboard(viewer), tags=list_scope(viewer, "all")[1])
+    return read(dashboard_key(viewer), lambda: queries.dashboard(viewer), tags=list_scope(viewer).tags)
 
 
 # -- one conversation ---------------------------------------------------------------------

@@ -10,12 +10,10 @@ from flask_login import current_user, login_required
 
 from . import domain, fragments
 from .errors import DomainError, NotFound
-from .fragments import DIRECTORY
-from .visibility import can_see_summary
+from .visibility import DIRECTORY, TABS, can_see_summary, list_scope
 from .web import cached_fragment, is_fragment_request
 
 bp = Blueprint("inbox", __name__)
-TABS = ("pending", "mine", "closed", "all")
 MAX_LIST_PAGES = 20  # a refreshed list keeps at most this many pages loaded by scrolling
 
 
@@ -46,14 +44,14 @@ def _list_meta(args: dict, cursor: str | None = None) -> dict:
     """The list keeps one identity (key, URL, snapshot) however many pages it shows; its
     ETag is that of the pages shown."""
     key = fragments.conversation_list_key(current_user, cursor=cursor, **args)
-    meta = _meta(key, [key], fragments.list_scope(current_user, args["tab"])[1])
+    meta = _meta(key, [key], list_scope(current_user, args["tab"]).tags)
     meta["key"] = fragments.conversation_list_key(current_user, cursor=cursor, **{**args, "pages": 1})
     return meta
 
 
 def _counts_meta() -> dict:
     key = fragments.counts_key(current_user)
-    return _meta(key, [key], fragments.list_scope(current_user, "all")[1])
+    return _meta(key, [key], list_scope(current_user).tags)
 
 
 def _shell() -> bool:
@@ -260,7 +258,7 @@ def contacts():
 def dashboard():
     """The dashboard page, or (for htmx) just its numbers, which refresh live."""
     key = fragments.dashboard_key(current_user)
-    meta = _meta(key, [key], fragments.list_scope(current_user, "all")[1])
+    meta = _meta(key, [key], list_scope(current_user).tags)
     if is_fragment_request():
         return cached_fragment(meta["etag"], lambda: render_template(
             "dashboard/_stats.html", stats=fragments.dashboard(current_user), dashboard_meta=meta))

@@ -17,8 +17,9 @@ from typing import Callable, Iterable
 from sqlalchemy import event, inspect, select
 from sqlalchemy.orm import Session
 
-from . import push
+from . import push, visibility
 from .cache import smart_cache
+from .visibility import AGENTS, DIRECTORY
 
 CHANGES = "chat.changes"  # session.info key: rows changed in the current transaction
 WROTE = "chat.wrote"  # session.info key: the transaction has sent writes to the database
@@ -27,46 +28,39 @@ WROTE = "chat.wrote"  # session.info key: the transaction has sent writes to the
 @dataclass(frozen=True)
 class Rule:
     """What a changed row of one table makes stale: key prefixes and tags, as templates
-    filled from the row's columns (None reads as 'none')."""
+    filled from the row's columns (None reads as 'none'), or computed from the row."""
 
     prefixes: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     tags_on_update: tuple[str, ...] = ()  # only when an existing row changes, not on insert
-    tags_if: tuple[tuple[str, Callable[[dict], bool]], ...] = ()  # only for rows that match
-    # Socket.IO rooms told about it (push.rooms_for says who is in which room). A room hears
-    # the row's prefixes and tags only if its members may see the row.
+    tags_of: Callable[[dict], Iterable[str]] | None = None  # tags computed from the row
+    # Socket.IO rooms told about it (visibility.rooms_for says who is in which room). A room
+    # hears the row's prefixes, and of its tags those visibility.hears allows.
     rooms: tuple[str, ...] = ()
-    rooms_if: tuple[tuple[str, Callable[[dict], bool]], ...] = ()
+    rooms_of: Callable[[dict], Iterable[str]] | None = None  # rooms computed from the row
     # A change of this column signs the row's agent out everywhere (push.end_sessions). When it
     # is the only column that changed, just `session_prefixes` go stale: no fragment shows it.
     session_column: str | None = None
     session_prefixes: tuple[str, ...] = ()
 
 
-def pending(row: dict) -> bool:
-    return row.get("status") == "pending"
-
-
-# The one place that says what depends on what. A new fragment adds a line here.
+# The one place that says what depends on what. A new fragment adds a line here; who may see
+# a conversation (its tags and rooms) is visibility's vocabulary.
 INVALIDATION_MAP: dict[str, Rule] = {
     "conversations": Rule(
         prefixes=("conversation:{id}",),
-        tags=("convs:all", "convs:user:{user_id}"),
-        # A department's queue only holds its pending conversations (as they were, or are now).
-        tags_if=(("convs:dept:{department_id}", pending),),
-        rooms=("admins", "user:{user_id}"),
-        rooms_if=(("dept:{department_id}", pending),),
+        tags_of=visibility.conversation_tags,
+        rooms_of=visibility.conversation_rooms,
     ),
     "messages": Rule(prefixes=("conversation:{conversation_id}:messages",)),
-    "contacts": Rule(prefixes=("contacts",), tags_on_update=("directory",), rooms=("agents",)),
-    "departments": Rule(prefixes=("departments",), tags=("directory",), rooms=("agents",)),
-    "users": Rule(prefixes=("user:{id}", "token", "agents"), tags=("directory",), rooms=("agents",),
+    "contacts": Rule(prefixes=("contacts",), tags_on_update=(DIRECTORY,), rooms=(AGENTS,)),
+    "departments": Rule(prefixes=("departments",), tags=(DIRECTORY,), rooms=(AGENTS,)),
+    "users": Rule(prefixes=("user:{id}", "token", "agents"), tags=(DIRECTORY,), rooms=(AGENTS,),
                   session_column="session_version", session_prefixes=("user:{id}", "token")),
-    "user_departments": Rule(prefixes=("user:{user_id}", "token", "agents"), tags=("directory",),
-                             rooms=("agents",)),
-    "quick_replies": Rule(prefixes=("quick_replies",), rooms=("agents",)),
-    "tags": Rule(prefixes=("tags",), rooms=("agents",)),
-    "settings": Rule(prefixes=("settings",), rooms=("agents",)),
+    "user_departments": Rule(prefixes=("user:{user_id}", "token", "agents"), tags=(DIRECTORY,),
+                             rooms=(AGENTS,)),
+    "quick_replies": Rule(prefixes=("quick_replies",), rooms=(AGENTS,)),
+    "tags": Rule(prefixes=("tags",), rooms=(AGENTS,)),
 }
 
 
@@ -78,8 +72,8 @@ class Change:
 
 
 @dataclass
-class Stale:
-    """What one commit made stale."""
+class StaleAfterCommit:
+    """What one commit made stale, and whom to tell."""
 
     prefixes: set[str] = field(default_factory=set)
     tags: set[str] = field(default_factory=set)
@@ -88,10 +82,10 @@ class Stale:
     ended_sessions: set[int] = field(default_factory=set)  # agents signed out everywhere
 
 
-def stale_after(changes: Iterable[Change]) -> Stale:
+def stale_after(changes: Iterable[Change]) -> StaleAfterCommit:
     """Apply INVALIDATION_MAP to the changes of one transaction."""
     changes = list(changes)
-    stale = Stale()
+    stale = StaleAfterCommit()
     changed = _changed_columns(changes)
     for change in changes:
         rule = INVALIDATION_MAP.get(change.table)
@@ -107,17 +101,16 @@ def stale_after(changes: Iterable[Change]) -> Stale:
             if rule.session_column and rule.session_column in columns:
                 stale.ended_sessions.add(row["id"])
                 if columns == {rule.session_column}:  # a sign-out, nothing any list shows
-                    stale.prefixes.update(_fill(rule.session_prefixes, values))
+                    stale.prefixes.update(_format_each(rule.session_prefixes, values))
                     continue
-            prefixes = _fill(rule.prefixes, values)
-            tags = _fill(templates, values) + _fill([t for t, ok in rule.tags_if if ok(row)], values)
+            prefixes = _format_each(rule.prefixes, values)
+            tags = _format_each(templates, values) + (list(rule.tags_of(row)) if rule.tags_of else [])
             stale.prefixes.update(prefixes)
             stale.tags.update(tags)
-            rooms = _fill(rule.rooms, values) + _fill([r for r, ok in rule.rooms_if if ok(row)], values)
+            rooms = _format_each(rule.rooms, values) + (list(rule.rooms_of(row)) if rule.rooms_of else [])
             for room in rooms:
-                if room != "user:none":
-                    stale.rooms.setdefault(room, set()).update(
-                        prefixes + [t for t in tags if _heard_in(t, room)])
+                stale.rooms.setdefault(room, set()).update(
+                    prefixes + [t for t in tags if visibility.hears(room, t)])
     return stale
 
 
@@ -134,17 +127,7 @@ def _changed_columns(changes: list[Change]) -> dict[tuple[str, object], set[str]
             for key, rows in snapshots.items()}
 
 
-def _heard_in(tag: str, room: str) -> bool:
-    """A room hears the tags of its own scope only (and the shared ones, like 'directory')."""
-    if tag == "convs:all":
-        return room == "admins"
-    for scope, room_prefix in (("convs:user:", "user:"), ("convs:dept:", "dept:")):
-        if tag.startswith(scope):
-            return room == "admins" or room == room_prefix + tag[len(scope):]
-    return True
-
-
-def _fill(templates: Iterable[str], values: dict) -> list[str]:
+def _format_each(templates: Iterable[str], values: dict) -> list[str]:
     out = []
     for template in templates:
         try:
@@ -154,7 +137,7 @@ def _fill(templates: Iterable[str], values: dict) -> list[str]:
     return out
 
 
-def apply(stale: Stale) -> None:
+def apply(stale: StaleAfterCommit) -> None:
     """Invalidate first, then tell the browsers: a refetch prompted by the event is fresh."""
     if stale.everything:
         smart_cache.clear()

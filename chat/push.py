@@ -27,6 +27,8 @@ from flask_login import current_user
 from flask_socketio import ConnectionRefusedError, SocketIO, join_room
 from flask_socketio import rooms as joined_rooms
 
+from .visibility import rooms_for
+
 log = logging.getLogger("chat.push")
 socketio = SocketIO()
 EVENT = "data:updated"
@@ -35,13 +37,6 @@ REGISTRY = "chat.socket_registry"  # app.extensions key: Redis client of the soc
 # Only a safety net for sockets whose process died without saying goodbye: each connect of
 # the agent renews it, each disconnect removes its own socket id.
 REGISTRY_TTL = 7 * 24 * 3600
-
-
-def rooms_for(viewer) -> list[str]:
-    """The rooms a viewer's connection joins: exactly what the viewer may see."""
-    if viewer.is_admin:
-        return ["admins", "agents", f"user:{viewer.id}"]
-    return ["agents", f"user:{viewer.id}", "dept:none"] + [f"dept:{d}" for d in viewer.department_ids]
 
 
 def init_app(app: Flask) -> None:

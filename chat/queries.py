@@ -9,13 +9,12 @@ from datetime import datetime
 
 from flask import current_app
 from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy.sql import ColumnElement
 
 from .domain import CONTROL_CHARACTERS
 from .extensions import db
-from .models import ACTIVE, CLOSED, PENDING, Contact, Conversation, Department, Message, User
-from .visibility import tab_filter, visible_to
-
-TABS = ("pending", "mine", "closed", "all")
+from .models import ACTIVE, CLOSED, PENDING, Contact, Conversation, Department, Message, User, Viewer
+from .visibility import TABS, tab_filter, tabs_listing, visible_to
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -52,6 +51,15 @@ def _contains(q: str) -> str:
     return f"%{escaped}%"
 
 
+def contact_matches(q: str) -> ColumnElement[bool]:
+    """The search box's rule, for conversations and contacts alike: the contact's name
+    (any case) or phone contains what was typed."""
+    return or_(
+        func.lower(Contact.name).like(_contains(q.lower()), escape="\\"),
+        Contact.phone.like(_contains(q), escape="\\"),
+    )
+
+
 def encode_cursor(conversation: Conversation) -> str:
     """Full precision: rows written in the same second must not fall between pages."""
     return f"{conversation.last_message_at.isoformat()}_{conversation.id}"
@@ -69,7 +77,7 @@ def decode_cursor(cursor: str | None) -> tuple[datetime, int] | None:
 
 
 def list_conversations(
-    viewer: User,
+    viewer: Viewer,
     tab: str,
     department_id: int | None = None,
     q: str = "",
@@ -89,12 +97,7 @@ def list_conversations(
         stmt = stmt.where(Conversation.department_id == department_id)
     q = (q or "").strip()
     if q:
-        stmt = stmt.join(Conversation.contact).where(
-            or_(
-                func.lower(Contact.name).like(_contains(q.lower()), escape="\\"),
-                Contact.phone.like(_contains(q), escape="\\"),
-            )
-        )
+        stmt = stmt.join(Conversation.contact).where(contact_matches(q))
     after = decode_cursor(cursor)
     if after:
         stamp, ident = after
@@ -139,7 +142,7 @@ def conversation_messages(conversation_id: int, before: int | None = None) -> di
     }
 
 
-def tab_counts(viewer: User) -> dict:
+def tab_counts(viewer: Viewer) -> dict:
     """How many conversations the viewer sees in each tab (the badges next to the tabs)."""
     visible = visible_to(viewer)
     rows = db.session.execute(
@@ -147,19 +150,14 @@ def tab_counts(viewer: User) -> dict:
         .where(visible)
         .group_by(Conversation.status, Conversation.user_id)
     ).all()
-    counts = {"pending": 0, "mine": 0, "closed": 0, "all": 0}
+    counts = dict.fromkeys(TABS, 0)
     for status, user_id, n in rows:
-        counts["all"] += n
-        if status == PENDING:
-            counts["pending"] += n
-        elif status == CLOSED:
-            counts["closed"] += n
-        elif status == ACTIVE and user_id == viewer.id:
-            counts["mine"] += n
+        for tab in tabs_listing(viewer, status, user_id):
+            counts[tab] += n
     return counts
 
 
-def dashboard(viewer: User) -> dict:
+def dashboard(viewer: Viewer) -> dict:
     """Counts by status, by agent and by department over what the viewer can see."""
     visible = visible_to(viewer)
     by_status = dict.fromkeys((PENDING, ACTIVE, CLOSED), 0)
@@ -208,12 +206,7 @@ def list_contacts(q: str = "", page: int = 1) -> dict:
     stmt = select(Contact).order_by(Contact.name, Contact.id)
     q = (q or "").strip()
     if q:
-        stmt = stmt.where(
-            or_(
-                func.lower(Contact.name).like(_contains(q.lower()), escape="\\"),
-                Contact.phone.like(_contains(q), escape="\\"),
-            )
-        )
+        stmt = stmt.where(contact_matches(q))
     rows = db.session.scalars(stmt.offset((page - 1) * size).limit(size + 1)).all()
     return {
         "items": [
