@@ -16,6 +16,14 @@ Backends come from Flask-Caching: Redis when REDIS_URL (or CACHE_TYPE) says so, 
 size-bounded in-process SimpleCache. With the backend down, reads fall back to fetch() and a
 warning is logged; the first successful contact afterwards bumps the epoch, so invalidations
 lost during the outage can never let an older entry be served.
+
+Every Redis client of the app (this cache, the fill locks, the Socket.IO publisher, the socket
+registry, the sign-in limits) is built from `redis_options()`: short timeouts, no retries, and
+a connection that asks the server's CircuitBreaker first. After a failure or a timeout, that
+Redis is skipped for 0.5 s, doubling up to 15 s, then one request at a time probes it
+(half-open). A skipped call raises CircuitOpen at once, which the callers already treat as
+"Redis is down": here it serves from the database and marks the cache degraded, so the epoch
+bump on recovery stands in for the invalidations that were skipped.
 """
 from __future__ import annotations
 
@@ -27,8 +35,11 @@ import time
 import weakref
 from typing import Any, Callable, Iterable
 
+import redis
 from flask import Flask, current_app
 from flask_caching import Cache
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from . import metrics
 
@@ -38,6 +49,166 @@ TTL_CLASSES = {"static": 86_400, "moderate": 3_600, "dynamic": 1_800}
 EPOCH = "@epoch"
 LOCK_SECONDS = 5.0  # a filler that dies leaves its lock for at most this long
 WAIT_STEP = 0.01
+REDIS_TIMEOUT = 0.25  # seconds to connect and to answer, for every Redis client of the app
+BREAKER_FIRST_OPEN = 0.5  # seconds Redis is skipped after a failure, doubling while probes fail ...
+BREAKER_MAX_OPEN = 15.0  # ... up to this
+PROBE_GRACE = 2.0  # a probe that never reported (its thread died) lets another one through after this
+
+
+class CircuitOpen(redis.exceptions.ConnectionError):
+    """Redis is being skipped: its breaker is open, or another request is probing it."""
+
+
+class CircuitBreaker:
+    """Closed: calls go through. A failure or a timeout opens it: calls fail at once with
+    CircuitOpen for a while, then one call probes (half-open); its success closes the breaker,
+    its failure opens it again for twice as long."""
+
+    CLOSED, HALF_OPEN, OPEN = "closed", "half-open", "open"
+
+    def __init__(self, name: str, first_open: float = BREAKER_FIRST_OPEN,
+                 max_open: float = BREAKER_MAX_OPEN) -> None:
+        self.name = name
+        self.first_open, self.max_open = first_open, max_open
+        self.state = self.CLOSED
+        self.opens = 0  # times it opened
+        self.skipped = 0  # calls that did not wait for Redis
+        self.interval = first_open
+        self._retry_at = 0.0
+        self._probe: tuple[int, float] | None = None  # (thread, since) of the call probing
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        """May this thread use Redis now? False means: skip it (counted)."""
+        if self.state == self.CLOSED:
+            return True
+        now = time.monotonic()
+        me = threading.get_ident()
+        with self._lock:
+            if self.state == self.CLOSED:
+                return True
+            if self._probe and self._probe[0] == me:
+                return True  # the probe's own next command (connect, handshake, then the call)
+            probe_lost = self._probe is not None and now - self._probe[1] > PROBE_GRACE
+            if (self.state == self.OPEN and now >= self._retry_at) or probe_lost:
+                self._set(self.HALF_OPEN)
+                self._probe = (me, now)
+                log.info("redis %s: probing", self.name)
+                return True
+            self.skipped += 1
+        metrics.record_redis_skipped()
+        return False
+
+    def success(self) -> None:
+        if self.state == self.CLOSED:
+            return
+        with self._lock:
+            if self.state != self.CLOSED:
+                self.interval = self.first_open
+                self._probe = None
+                self._set(self.CLOSED)
+                log.warning("redis %s answers again: circuit closed", self.name)
+
+    def failure(self, exc: BaseException) -> None:
+        with self._lock:
+            if self.state == self.OPEN:
+                return  # a call that was already waiting when it opened
+            if self.state == self.HALF_OPEN:
+                self.interval = min(self.interval * 2, self.max_open)
+            else:
+                self.interval = self.first_open
+            self._probe = None
+            self._retry_at = time.monotonic() + self.interval
+            self.opens += 1
+            self._set(self.OPEN)
+        metrics.record_redis_breaker_opened()
+        log.warning("redis %s failed (%s): skipped for %.1f s", self.name, exc, self.interval)
+
+    def retry_in(self) -> float:
+        """Seconds until the next probe may go (0 when closed or probing)."""
+        return max(0.0, self._retry_at - time.monotonic()) if self.state == self.OPEN else 0.0
+
+    def _set(self, state: str) -> None:
+        self.state = state
+        metrics.record_redis_breaker_state(worst_breaker_state())
+
+
+_breakers: dict[str, CircuitBreaker] = {}
+_breakers_guard = threading.Lock()
+
+
+def breaker_for(host: str, port: int | str) -> CircuitBreaker:
+    """The one breaker of a Redis server in this process, shared by every client of it."""
+    name = f"{host}:{port}"
+    with _breakers_guard:
+        if name not in _breakers:
+            _breakers[name] = CircuitBreaker(name)
+        return _breakers[name]
+
+
+def worst_breaker_state() -> str:
+    states = {b.state for b in list(_breakers.values())}
+    for state in (CircuitBreaker.OPEN, CircuitBreaker.HALF_OPEN):
+        if state in states:
+            return state
+    return CircuitBreaker.CLOSED
+
+
+class GuardedConnection(redis.connection.Connection):
+    """A Redis connection that asks its server's breaker before each command and tells it
+    whether the server answered in time."""
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return breaker_for(self.host, self.port)
+
+    def connect_check_health(self, *args, **kwargs):
+        if self._sock:
+            return super().connect_check_health(*args, **kwargs)
+        breaker = self.breaker
+        if not breaker.allow():
+            raise CircuitOpen(f"redis {breaker.name} is being skipped (circuit open)")
+        try:
+            return super().connect_check_health(*args, **kwargs)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            breaker.failure(exc)
+            raise
+
+    def send_packed_command(self, command, check_health=True):
+        breaker = self.breaker
+        if not breaker.allow():
+            raise CircuitOpen(f"redis {breaker.name} is being skipped (circuit open)")
+        try:
+            return super().send_packed_command(command, check_health)
+        except CircuitOpen:
+            raise
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            breaker.failure(exc)
+            raise
+
+    def read_response(self, *args, **kwargs):
+        try:
+            response = super().read_response(*args, **kwargs)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            self.breaker.failure(exc)
+            raise
+        except redis.exceptions.ResponseError:
+            self.breaker.success()  # an error reply is still an answer
+            raise
+        self.breaker.success()
+        return response
+
+
+def redis_options(url: str = "redis://", timeout: float | None = None) -> dict:
+    """Keyword arguments for every Redis client of the app (redis.Redis.from_url and what
+    Flask-Caching and Flask-Limiter pass on to it): short timeouts, no retries (redis-py
+    retries 10 times by default: seconds per call on a frozen server), and the breaker on
+    plain TCP (redis://; rediss:// and unix:// keep their own connection classes)."""
+    timeout = REDIS_TIMEOUT if timeout is None else timeout
+    options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": Retry(NoBackoff(), 0)}
+    if url.startswith("redis://"):
+        options["connection_class"] = GuardedConnection
+    return options
 
 
 def _stamp() -> str:
@@ -82,7 +253,7 @@ class SmartCache:
         config.setdefault("CACHE_KEY_PREFIX", "chat:")
         config.setdefault("CACHE_THRESHOLD", 20_000)  # the in-process backend's size bound
         config.setdefault("CACHE_DEFAULT_TIMEOUT", TTL_CLASSES["dynamic"])
-        config.setdefault("CACHE_OPTIONS", {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+        config.setdefault("CACHE_OPTIONS", redis_options(config.get("CACHE_REDIS_URL") or "redis://")
                           if config["CACHE_TYPE"] in ("RedisCache", "redis") else {})
         app.config.setdefault("CACHE_TTL", dict(TTL_CLASSES))
         self._flask_cache.init_app(app, config=config)
@@ -95,6 +266,16 @@ class SmartCache:
     @property
     def is_redis(self) -> bool:
         return hasattr(self.backend, "_write_client")
+
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        """The breaker of this app's cache Redis (None for the in-process backend)."""
+        if not self.is_redis:
+            return None
+        kwargs = self.backend._write_client.connection_pool.connection_kwargs
+        if kwargs.get("path"):
+            return None  # a unix socket: plain connections, no breaker
+        return breaker_for(kwargs.get("host", "localhost"), kwargs.get("port", 6379))
 
     def ttl(self, ttl: str | int) -> int:
         if isinstance(ttl, int):
@@ -205,15 +386,23 @@ class SmartCache:
             self._failed("invalidate", what, exc)
 
     def _failed(self, action: str, key: str, exc: Exception) -> None:
-        metrics.record_error()
+        # Skipped (CircuitOpen) or failed, the write may be lost: the epoch moves on recovery.
+        if not isinstance(exc, CircuitOpen):
+            metrics.record_error()
         if not self._degraded:
             log.warning("cache backend unavailable (%s %s): %s; serving from the database", action, key, exc)
         self._degraded = True
 
     def _recover(self) -> None:
         """First contact after an outage: a new epoch makes everything cached before it invisible."""
-        self.backend.set("g:" + EPOCH, _stamp(), timeout=self._generation_ttl())
+        # Cleared before the write: a write lost by another thread meanwhile sets it again and
+        # moves the epoch once more, rather than being wiped out by this thread's clear.
         self._degraded = False
+        try:
+            self.backend.set("g:" + EPOCH, _stamp(), timeout=self._generation_ttl())
+        except Exception:
+            self._degraded = True
+            raise
         log.warning("cache backend is back; new epoch, entries from before the outage are dropped")
 
     def _generation_ttl(self) -> int:
@@ -257,14 +446,14 @@ class SmartCache:
                 return value
             finally:
                 if token:
-                    self._release_shared(key, token)
+                    self._release_shared(key, gens, token)
 
     def _acquire_shared(self, key: str, gens: tuple):
         """Redis only: take the fill lock, or wait for its holder's value; None when not shared."""
         if not self.is_redis:
             return None
         client = self.backend._write_client
-        lock_name = self.backend._get_prefix() + "l:" + key
+        lock_name = self._lock_name(key, gens)
         token = _stamp()
         deadline = time.monotonic() + LOCK_SECONDS
         while True:
@@ -272,7 +461,7 @@ class SmartCache:
                 # The previous holder may have filled it just before letting go.
                 entry = self.backend.get("v:" + key)
                 if entry is not None and entry[0] == gens:
-                    self._release_shared(key, token)
+                    self._release_shared(key, gens, token)
                     return ("filled", entry[1])
                 return token
             entry = self.backend.get("v:" + key)
@@ -282,9 +471,14 @@ class SmartCache:
                 return None  # the holder is slow or gone: fetch ourselves rather than fail
             time.sleep(WAIT_STEP)
 
-    def _release_shared(self, key: str, token: str) -> None:
+    def _lock_name(self, key: str, gens: tuple) -> str:
+        """Per key and epoch: a lock whose release an outage swallowed is left behind by the
+        epoch bump on recovery, instead of stalling the key's readers for LOCK_SECONDS."""
+        return f"{self.backend._get_prefix()}l:{key}@{gens[0]}"
+
+    def _release_shared(self, key: str, gens: tuple, token: str) -> None:
         client = self.backend._write_client
-        lock_name = self.backend._get_prefix() + "l:" + key
+        lock_name = self._lock_name(key, gens)
         try:
             if client.get(lock_name) == token.encode():
                 client.delete(lock_name)

@@ -19,13 +19,19 @@ so browsers reconnect (to another process) at once instead of waiting on a stopp
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+import os
+import queue as queues
+import threading
+from typing import Callable, Iterable
 
 import redis
+import socketio as python_socketio
 from flask import Flask, current_app, request
 from flask_login import current_user
 from flask_socketio import ConnectionRefusedError, SocketIO, join_room
 from flask_socketio import rooms as joined_rooms
+
+from .cache import redis_options
 
 from .visibility import rooms_for
 
@@ -37,6 +43,67 @@ REGISTRY = "chat.socket_registry"  # app.extensions key: Redis client of the soc
 # Only a safety net for sockets whose process died without saying goodbye: each connect of
 # the agent renews it, each disconnect removes its own socket id.
 REGISTRY_TTL = 7 * 24 * 3600
+PUBLISHER = "chat.publisher"  # app.extensions key: the background Publisher, or None (no message queue)
+PUBLISH_QUEUE_SIZE = 1000  # events waiting for the message queue; more are dropped (push is a hint)
+
+
+class QueueManager(python_socketio.RedisManager):
+    """python-socketio's Redis message queue, with the app's Redis discipline: publishing uses a
+    client with short timeouts, no retries and the circuit breaker, and fails at once when
+    Redis is being skipped; the listener keeps a client without a read timeout (it waits for
+    messages), which a frozen Redis only pauses."""
+
+    def __init__(self, url: str, channel: str) -> None:
+        listen = {"socket_connect_timeout": 1.0, "socket_keepalive": True, "health_check_interval": 30}
+        super().__init__(url, channel=channel, redis_options=listen)
+        self._publisher = redis.Redis.from_url(url, **redis_options(url))
+
+    def _publish(self, data):
+        return self._publisher.publish(self.channel, self.json.dumps(data))
+
+
+class Publisher:
+    """A daemon thread per process that sends events to the message queue, so a commit never
+    waits on Redis: events wait in a bounded queue, and are dropped with a log line when it is
+    full (browsers revalidate on reconnect and when a tab is shown again)."""
+
+    def __init__(self, maxsize: int = PUBLISH_QUEUE_SIZE) -> None:
+        self._queue: queues.Queue[Callable[[], None]] = queues.Queue(maxsize)
+        self._lock = threading.Lock()
+        self._pid: int | None = None  # the thread is started lazily, again in a forked worker
+        self.dropped = 0
+
+    def submit(self, send: Callable[[], None]) -> None:
+        self._start()
+        try:
+            self._queue.put_nowait(send)
+        except queues.Full:
+            self.dropped += 1
+            log.warning("push queue full (%d waiting): event dropped", self._queue.maxsize)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every submitted event was sent or dropped (tests); False on timeout."""
+        done = self._queue.all_tasks_done
+        with done:
+            return done.wait_for(lambda: not self._queue.unfinished_tasks, timeout)
+
+    def _start(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid != os.getpid():
+                threading.Thread(target=self._run, name="chat-push-publisher", daemon=True).start()
+                self._pid = os.getpid()
+
+    def _run(self) -> None:
+        while True:
+            send = self._queue.get()
+            try:
+                send()
+            except Exception as exc:  # noqa: BLE001 - a lost hint is caught by revalidation
+                log.warning("push dropped: %s", exc)
+            finally:
+                self._queue.task_done()
 
 
 def init_app(app: Flask) -> None:
@@ -44,19 +111,27 @@ def init_app(app: Flask) -> None:
     # process only, as the tests that build hundreds of apps in one process want).
     queue = app.config["SOCKETIO_MESSAGE_QUEUE"] if "SOCKETIO_MESSAGE_QUEUE" in app.config \
         else app.config.get("REDIS_URL")
+    channel = app.config.get("SOCKETIO_CHANNEL", "chat-socketio")
+    on_redis = bool(queue) and queue.startswith(("redis://", "rediss://", "unix://"))
+    # Always name the manager (None: this process only): Flask-SocketIO keeps the options of
+    # an earlier init_app, and tests make many apps.
+    queue_options = {"client_manager": QueueManager(queue, channel) if on_redis else None}
+    if queue and not on_redis:
+        queue_options = {"message_queue": queue, "channel": channel}
     socketio.init_app(
         app,
         async_mode="threading",
-        message_queue=queue or None,
-        channel=app.config.get("SOCKETIO_CHANNEL", "chat-socketio"),
+        **queue_options,
         cors_allowed_origins=app.config.get("SOCKETIO_CORS_ORIGINS", []),  # same origin only
         manage_session=False,  # read the Flask session cookie; never write it from a socket
     )
     registry = None
-    if queue and queue.startswith(("redis://", "rediss://", "unix://")):
-        registry = redis.Redis.from_url(queue, socket_timeout=0.5, socket_connect_timeout=0.5,
-                                        decode_responses=True)
+    if on_redis:
+        registry = redis.Redis.from_url(queue, decode_responses=True, **redis_options(queue))
     app.extensions[REGISTRY] = registry
+    # Without a message queue an emit only writes to this process's sockets (never blocks), so
+    # it stays synchronous: tests and the embedded default see the event right after the commit.
+    app.extensions[PUBLISHER] = Publisher() if queue else None
 
 
 @socketio.on("connect")
@@ -138,10 +213,28 @@ def _registered(agent_id: int) -> set[str]:
 
 
 def publish(rooms: dict[str, set[str]]) -> None:
-    """One `data:updated` {"keys": [...]} per room; failures are logged, never raised: push is a hint."""
-    for room, keys in sorted(rooms.items()):
+    """One `data:updated` {"keys": [...]} per room; failures are logged, never raised: push is a
+    hint. With a message queue the events go through the background Publisher."""
+    events = [(room, sorted(keys)) for room, keys in sorted(rooms.items())]
+    publisher = current_app.extensions.get(PUBLISHER)
+    if not events:
+        return
+    if publisher is None:
+        _emit(events)
+    else:
+        publisher.submit(lambda: _emit(events))
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Wait until the events published so far have been sent or dropped (tests, benchmarks)."""
+    publisher = current_app.extensions.get(PUBLISHER)
+    return publisher.flush(timeout) if publisher else True
+
+
+def _emit(events: list[tuple[str, list[str]]]) -> None:
+    for room, keys in events:
         try:
-            socketio.emit(EVENT, {"keys": sorted(keys)}, to=room)
-            log.debug("PUSH %s %s", room, sorted(keys))
+            socketio.emit(EVENT, {"keys": keys}, to=room)
+            log.debug("PUSH %s %s", room, keys)
         except Exception as exc:  # noqa: BLE001 - a lost hint is caught by revalidation
             log.warning("could not push to %s: %s", room, exc)

@@ -9,7 +9,8 @@ bearer-token checks of the API and the webhook per client address.
 
 Limits live in Redis when REDIS_URL is set (every process counts together; keys under
 CACHE_KEY_PREFIX, so deployments sharing a Redis stay apart), in memory otherwise. A Redis
-outage never fails a request: Flask-Limiter counts in memory until Redis answers again.
+outage never fails a request, nor stalls one: Flask-Limiter counts in memory until Redis
+answers again, and the Redis client fails fast (timeouts, circuit breaker).
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import HTTPException
 
+from .cache import redis_options
+
 ACCOUNT, ADDRESS, API_TOKEN, WEBHOOK_TOKEN = "account", "address", "api-token", "webhook-token"
 
 
@@ -31,9 +34,11 @@ def init_app(app: Flask) -> None:
     redis_url = config.get("REDIS_URL")
     config.setdefault("RATELIMIT_STORAGE_URI", redis_url or "memory://")
     if redis_url:
+        # Short timeouts, no retries and the circuit breaker (chat.cache.redis_options): a frozen
+        # Redis costs one sign-in at most one timeout; while its breaker is open every call
+        # fails at once and Flask-Limiter counts in memory, asking Redis again now and then.
         config.setdefault("RATELIMIT_STORAGE_OPTIONS", {
-            "key_prefix": f"{config['CACHE_KEY_PREFIX']}limits",
-            "socket_timeout": 0.5, "socket_connect_timeout": 0.5,  # a frozen Redis must not stall sign-in
+            "key_prefix": f"{config['CACHE_KEY_PREFIX']}limits", **redis_options(redis_url),
         })
     config.setdefault("RATELIMIT_STRATEGY", "moving-window")  # "5 per minute" means any 60 s, not a clock minute
     config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
