@@ -9,7 +9,7 @@ import threading
 import time
 from collections import deque
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
@@ -21,6 +21,12 @@ CACHE_ERRORS = Counter("chat_cache_errors_total", "Cache backend failures served
 SQL_QUERIES = Counter("chat_sql_queries_total", "SQL statements sent to the database")
 FETCH_SECONDS = Histogram("chat_cache_fetch_seconds", "Time to fetch a missed entry", ["family"],
                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+# The Redis circuit breaker (chat.cache.CircuitBreaker): 0 closed, 1 half-open (probing), 2 open.
+REDIS_BREAKER_STATE = Gauge("chat_redis_breaker_state", "Redis circuit breaker: 0 closed, 1 half-open, 2 open",
+                            multiprocess_mode="livemax")
+REDIS_BREAKER_OPENS = Counter("chat_redis_breaker_opens_total", "Times a Redis circuit breaker opened")
+REDIS_SKIPPED = Counter("chat_redis_skipped_total", "Redis calls skipped (failed at once) while the breaker was open")
+BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
 
 BUCKET_SECONDS = 10
 HISTORY_BUCKETS = 30  # five minutes
@@ -135,3 +141,14 @@ def queries_saved() -> int:
     queries a fetch of that family costs (a moving average of real fetches)."""
     return round(sum(hits * history.queries_per_fetch.get(name, 1.0)
                      for name, hits in list(history.hits_by_family.items())))
+
+def record_redis_breaker_state(state: str) -> None:
+    REDIS_BREAKER_STATE.set(BREAKER_STATES[state])
+
+
+def record_redis_breaker_opened() -> None:
+    REDIS_BREAKER_OPENS.inc()
+
+
+def record_redis_skipped() -> None:
+    REDIS_SKIPPED.inc()

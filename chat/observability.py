@@ -133,10 +133,20 @@ def panel_context() -> dict:
         "hit_ratio": f"{totals['hits'] / reads:.1%}" if reads else "–",
         "queries_saved": metrics.queries_saved(),
         "chart": chart(buckets),
+        "breaker": breaker_info(),
         "pid": os.getpid(),
         "uptime": _duration(time.time() - STARTED),
         "panel_url": url_for("observability.cache_panel"),
     }
+
+
+def breaker_info() -> dict | None:
+    """This process's circuit breaker of the cache's Redis; None with the in-process cache."""
+    breaker = smart_cache.breaker
+    if breaker is None:
+        return None
+    return {"state": breaker.state, "opens": breaker.opens, "skipped": breaker.skipped,
+            "retry_in": round(breaker.retry_in(), 1)}
 
 
 def chart(buckets: list[dict]) -> dict:
