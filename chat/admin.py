@@ -7,7 +7,7 @@ from typing import Callable
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
-from . import catalog, fragments
+from . import catalog, reads
 from .errors import DomainError
 from .extensions import db
 from .models import User
@@ -37,15 +37,15 @@ class Section:
 SECTIONS = {
     "departments": Section(
         "departments", "Departments", (("name", "Name", "text"), ("color", "Colour", "color")),
-        fragments.departments, catalog.save_department, catalog.delete_department,
+        reads.departments, catalog.save_department, catalog.delete_department,
     ),
     "tags": Section(
         "tags", "Tags", (("name", "Name", "text"), ("color", "Colour", "color")),
-        fragments.tags, catalog.save_tag, catalog.delete_tag,
+        reads.tags, catalog.save_tag, catalog.delete_tag,
     ),
     "quick-replies": Section(
         "quick-replies", "Quick replies", (("shortcut", "Shortcut", "text"), ("body", "Text", "textarea")),
-        fragments.quick_replies, catalog.save_quick_reply, catalog.delete_quick_reply,
+        reads.quick_replies, catalog.save_quick_reply, catalog.delete_quick_reply,
     ),
 }
 
@@ -95,8 +95,8 @@ def delete(name: str, item_id: int):
 
 @bp.get("/agents")
 def agents():
-    return render_template("admin/agents.html", agents=fragments.agents(),
-                           departments=fragments.departments(), form={}, error=None)
+    return render_template("admin/agents.html", agents=reads.agents(),
+                           departments=reads.departments(), form={}, error=None)
 
 
 @bp.route("/agents/<int:agent_id>", methods=["GET", "POST"])
@@ -108,7 +108,7 @@ def agent(agent_id: int | None = None):
     if request.method == "GET":
         form = {"email": existing.email, "name": existing.name, "role": existing.role,
                 "active": existing.active, "department_ids": existing.department_ids}
-        return render_template("admin/agent.html", agent=existing, departments=fragments.departments(),
+        return render_template("admin/agent.html", agent=existing, departments=reads.departments(),
                                form=form, error=None)
     form = {
         "email": request.form.get("email", ""),
@@ -122,7 +122,7 @@ def agent(agent_id: int | None = None):
     except DomainError as exc:
         db.session.rollback()
         template = "admin/agent.html" if agent_id else "admin/agents.html"
-        return render_template(template, agent=existing, agents=fragments.agents(),
-                               departments=fragments.departments(), form=form, error=exc.message), exc.status
+        return render_template(template, agent=existing, agents=reads.agents(),
+                               departments=reads.departments(), form=form, error=exc.message), exc.status
     flash(f"Saved {form['name']}.", "success")
     return redirect(url_for("admin.agents"))

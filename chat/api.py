@@ -7,7 +7,7 @@ from functools import wraps
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from . import domain, fragments, metrics, queries, throttle
+from . import domain, fragments, metrics, queries, reads, throttle
 from .errors import DomainError, InvalidInput, NotFound, UnsupportedMediaType
 from .visibility import TABS, can_see_summary
 
@@ -54,7 +54,7 @@ def agent_required(view):
         token = _bearer()
         if token is None:
             return json_error("missing bearer token", 401)
-        user = fragments.viewer_by_token(token)
+        user = reads.viewer_by_token(token)
         if user is None or not user.active:
             return json_error("invalid token", 401)
         g.agent = user

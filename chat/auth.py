@@ -11,7 +11,7 @@ from sqlalchemy import select
 from wtforms import BooleanField, EmailField, PasswordField
 from wtforms.validators import DataRequired, Length, ValidationError
 
-from . import catalog, fragments, throttle
+from . import catalog, reads, throttle
 from .domain import reject_control_characters
 from .errors import InvalidInput
 from .extensions import db
@@ -48,7 +48,7 @@ def init_app(app: Flask, login_manager: LoginManager) -> None:
         if not (user_id.isdigit() and version.isdigit()):
             return None  # includes sessions from before versions existed: sign in again
         # From the cache: a page served from cache must not query the users table.
-        viewer = fragments.viewer(int(user_id))
+        viewer = reads.viewer(int(user_id))
         if viewer is None or not viewer.active or viewer.session_version != int(version):
             return None
         return viewer

@@ -27,9 +27,17 @@ from .models import (
     User,
     utcnow,
 )
-from .visibility import get_visible_conversation, sees_pending_of
+from .visibility import Agent, get_visible_conversation, sees_pending_of
 
 PHONE_RE = re.compile(r"^\+?\d{5,20}$")
+
+# What can be done to a conversation in each state: the domain enforces it, the pane shows
+# these buttons and no others.
+ALLOWED_ACTIONS: dict[str, tuple[str, ...]] = {
+    PENDING: ("accept", "transfer"),
+    ACTIVE: ("close", "transfer", "reply"),
+    CLOSED: (),
+}
 
 
 @dataclass(frozen=True)
@@ -185,8 +193,9 @@ def _store_inbound(phone, body, name, external_id, avatar_url) -> InboundResult:
     return InboundResult(conversation.id, message.id, created=True)
 
 
-def accept_conversation(conversation_id: int, agent: User) -> Conversation:
-    """Assign a pending conversation to the agent; 409 when someone else was faster.
+def accept_conversation(conversation_id: int, agent: Agent) -> Conversation:
+    """Assign a pending conversation to the agent, read (they are looking at it now, in the
+    inbox or through the API); 409 when someone else was faster.
 
     An agent of the conversation's department could see it while it was pending, so
     losing the race is a 409 for them, not a 404.
@@ -197,7 +206,7 @@ def accept_conversation(conversation_id: int, agent: User) -> Conversation:
     _conditional_update(
         conversation_id,
         (Conversation.status == PENDING,),
-        {"status": ACTIVE, "user_id": agent.id},
+        {"status": ACTIVE, "user_id": agent.id, "unread_count": 0},
         "conversation is no longer pending",
     )
     db.session.commit()
@@ -223,7 +232,7 @@ def clean_idempotency_key(key: object) -> str | None:
 
 
 def send_reply(
-    conversation_id: int, agent: User, body: object, idempotency_key: object = None
+    conversation_id: int, agent: Agent, body: object, idempotency_key: object = None
 ) -> SentReply:
     """Store the agent's reply on an active conversation they handle.
 
@@ -267,7 +276,7 @@ def send_reply(
     return SentReply(message, created=True)
 
 
-def _sent_with_key(agent: User, key: str | None, conversation_id: int, body: str) -> Message | None:
+def _sent_with_key(agent: Agent, key: str | None, conversation_id: int, body: str) -> Message | None:
     """The agent's message stored under this key, if any; 409 if it is a different message."""
     if key is None:
         return None
@@ -279,9 +288,9 @@ def _sent_with_key(agent: User, key: str | None, conversation_id: int, body: str
     return message
 
 
-def close_conversation(conversation_id: int, agent: User) -> Conversation:
+def close_conversation(conversation_id: int, agent: Agent) -> Conversation:
     conversation = get_visible_conversation(agent, conversation_id)
-    if conversation.status != ACTIVE:
+    if "close" not in ALLOWED_ACTIONS[conversation.status]:
         raise Conflict(f"only an active conversation can be closed (this one is {conversation.status})")
     where = [Conversation.status == ACTIVE]
     if not agent.is_admin:
@@ -294,9 +303,14 @@ def close_conversation(conversation_id: int, agent: User) -> Conversation:
     return db.session.get(Conversation, conversation_id)
 
 
+def transfer_targets(agents: list[dict], agent: Agent) -> list[dict]:
+    """Whom an agent can hand a conversation to (of the cached agents list): any other active agent."""
+    return [a for a in agents if a["active"] and a["id"] != agent.id]
+
+
 def transfer_conversation(
     conversation_id: int,
-    agent: User,
+    agent: Agent,
     to_user_id: int | None = None,
     to_department_id: int | None = None,
 ) -> Conversation:
@@ -304,7 +318,7 @@ def transfer_conversation(
     if to_user_id is None and to_department_id is None:
         raise InvalidInput("choose an agent or a department to transfer to")
     conversation = get_visible_conversation(agent, conversation_id)
-    if conversation.status == CLOSED:
+    if "transfer" not in ALLOWED_ACTIONS[conversation.status]:
         raise Conflict("a closed conversation cannot be transferred")
     values: dict = {}
     if to_department_id is not None:
@@ -332,7 +346,14 @@ def _same_assignee(user_id: int | None):
     return Conversation.user_id.is_(None) if user_id is None else Conversation.user_id == user_id
 
 
-def mark_read(conversation_id: int, agent: User) -> None:
+def mark_read_on_open(agent: Agent, summary: dict) -> None:
+    """The agent opened a conversation (its cached summary): if it is theirs and has unread
+    messages, it is read now. The summary spares a query when there is nothing to do."""
+    if summary["unread_count"] and summary["user"] and summary["user"]["id"] == agent.id:
+        mark_read(summary["id"], agent)  # its commit invalidates the summary
+
+
+def mark_read(conversation_id: int, agent: Agent) -> None:
     """Opening a conversation as its assigned agent clears its unread count."""
     result = db.session.execute(
         update(Conversation)

@@ -1,83 +1,119 @@
-"""Cached reads: every list, fragment and lookup the views need, by key, TTL class and tags.
+"""Every part of a page that refreshes by itself, declared once, and the one function that
+serves them all.
 
-Keys name what an entry shows and who may see it (`data-cache-key` in the HTML); viewers
-with the same permissions share entries: the pending queue of a department set is one entry
-for all its agents. Tags say which changes make an entry stale (see invalidation.py).
+A `Fragment` says what the element shows and for whom (its key: the element's
+`data-cache-key`), what makes it stale (its scope's tags: `data-cache-tags`), how to fetch it
+and for how long to keep it (query, TTL class), which template renders it and at which URL
+(`hx-get`). `serve` answers every fragment request the same way: the element's meta computed
+once, 304 when the browser's ETag is current (no query, no render), otherwise the rendered
+HTML from the cache under that ETag. Adding a fragment is one declaration plus one template
+(and, for new data, a line in invalidation.INVALIDATION_MAP).
 """
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from flask import current_app
-from sqlalchemy import select
+from flask import Response, abort, make_response, render_template, request, url_for
+from flask_login import current_user
 
-from . import queries
-from .cache import smart_cache
-from .extensions import db
-from .invalidation import has_pending_writes
-from .models import Conversation, QuickReply, Tag, User, Viewer, hash_token
-from .visibility import DIRECTORY, list_scope
+from . import domain, metrics, queries, reads
+from .visibility import DIRECTORY, TABS, Agent, can_see_summary, list_scope
 
-def _digest(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
+MAX_QUERY_LENGTH = 100  # characters of a search kept (the box has no limit of its own)
+MAX_LIST_PAGES = 20  # a refreshed list keeps at most this many pages loaded by scrolling
+SNAPSHOT_COOKIE = "inbox_snapshots"  # static/client/store.js sets it: "<agent id>" whose snapshots it keeps
 
 
-def read(key: str, fetch: Callable[[], Any], ttl: str = "dynamic", tags: Iterable[str] = ()) -> Any:
-    """get_or_fetch, bypassed inside a transaction with uncommitted writes."""
-    return smart_cache.get_or_fetch(key, fetch, ttl=ttl, tags=tuple(tags),
-                                    bypass=has_pending_writes(db.session))
+@dataclass(frozen=True)
+class Meta:
+    """What a refreshable element carries (templates/_refreshable.html)."""
+
+    key: str  # data-cache-key: the element's identity in the browser and in push events
+    tags: tuple[str, ...]  # data-cache-tags
+    etag: str | None  # data-etag, and the response's ETag
+    url: str  # hx-get
+    data_key: str  # the cache entry behind it (a list showing several pages: that of the pages)
 
 
-def conversation_list_key(viewer: Viewer, tab: str, department_id: int | None, q: str,
+@dataclass(frozen=True)
+class Fragment:
+    name: str  # its meta is `<name>_meta` in templates
+    endpoint: str  # the view that serves it: its hx-get
+    url_args: Callable[[dict], dict]  # args -> url_for arguments of that URL
+    template: str
+    data_as: str  # the template variable its data is rendered from
+    key: Callable[[Agent, dict], str]  # (viewer, args) -> cache key of its data
+    tags: Callable[[Agent, dict], tuple[str, ...]]  # (viewer, args) -> its scope's tags
+    query: Callable[[Agent, dict], Any]  # (viewer, args) -> the data, from the database
+    ttl: str = "dynamic"
+    # The element's key when it is not that of its data (a list keeps its page-1 identity).
+    element_key: Callable[[Agent, dict], str] | None = None
+    # Every cached entry its HTML shows, when more than its own (its ETag covers them all).
+    shows: Callable[[Agent, dict], list[str]] | None = None
+    context: Callable[[Agent, dict], dict] = field(default=lambda viewer, args: {})  # other template data
+    # A later page that scrolling appends: rendered by `more_template` when args[more_arg] is set.
+    more_arg: str | None = None
+    more_template: str | None = None
+    visible: Callable[[Agent, dict], bool] | None = None  # 404 unless it says yes
+    keep_html: bool = True  # False when it holds a per-session CSRF token (forms)
+    data_from_snapshot: bool = False  # the page needs its data even when the browser paints it
+
+    def read(self, viewer: Agent, args: dict, key: str | None = None, tags: Iterable[str] | None = None) -> Any:
+        """Its data, from the cache (key and tags: when the caller has them already)."""
+        return reads.read(key or self.key(viewer, args), lambda: self.query(viewer, args), ttl=self.ttl,
+                          tags=self.tags(viewer, args) if tags is None else tags)
+
+
+# -- arguments --------------------------------------------------------------------------------
+def clean_query(q: str | None) -> str:
+    return (q or "")[:MAX_QUERY_LENGTH]
+
+
+def list_args(tab: str = "pending", department_id: int | None = None, q: str = "", pages: int = 1,
+              cursor: str | None = None) -> dict:
+    """A conversation list's arguments, as every caller passes them."""
+    return {"tab": tab if tab in TABS else "pending", "department_id": department_id, "q": q,
+            "pages": min(max(pages, 1), MAX_LIST_PAGES), "cursor": cursor}
+
+
+def list_args_from_request(cursor: bool = False) -> dict:
+    """The list a page or fragment URL asks for (cursor: a next page, for the list's own URL)."""
+    return list_args(request.args.get("tab", "pending"), request.args.get("department", type=int),
+                     clean_query(request.args.get("q")), request.args.get("pages", 1, type=int),
+                     request.args.get("cursor") if cursor else None)
+
+
+def _list_url_args(args: dict) -> dict:
+    return {"tab": args["tab"], "department": args["department_id"], "q": args["q"] or None}
+
+
+# -- the declarations -----------------------------------------------------------------------
+def conversation_list_key(viewer: Agent, tab: str, department_id: int | None, q: str,
                           cursor: str | None = None, pages: int = 1) -> str:
     key = f"conversations:{list_scope(viewer, tab).name}:tab:{tab}"
     if department_id is not None:
         key += f":dept:{department_id}"
     if q.strip():
-        key += f":q:{_digest(q.strip().lower())}"
+        key += f":q:{reads.digest(q.strip().lower())}"
     if cursor:
-        key += f":after:{_digest(cursor)}"
+        key += f":after:{reads.digest(cursor)}"
     if pages > 1:
         key += f":pages:{pages}"
     return key
 
 
-def conversation_list(viewer: Viewer, tab: str, department_id: int | None = None, q: str = "",
-                      cursor: str | None = None, pages: int = 1) -> dict:
-    return read(conversation_list_key(viewer, tab, department_id, q, cursor, pages),
-                lambda: queries.list_conversations(viewer, tab, department_id, q, cursor, pages),
-                tags=list_scope(viewer, tab).tags)
-
-
-def counts_key(viewer: Viewer) -> str:
+def counts_key(viewer: Agent) -> str:
     return f"counts:{list_scope(viewer).name}"
 
 
-def tab_counts(viewer: Viewer) -> dict:
-    return read(counts_key(viewer), lambda: queries.tab_counts(viewer), tags=list_scope(viewer).tags)
-
-
-def dashboard_key(viewer: Viewer) -> str:
+def dashboard_key(viewer: Agent) -> str:
     return f"dashboard:{list_scope(viewer).name}"
 
 
-def dashboard(viewer: Viewer) -> dict:
-    return read(dashboard_key(viewer), lambda: queries.dashboard(viewer), tags=list_scope(viewer).tags)
-
-
-# -- one conversation ---------------------------------------------------------------------
 def conversation_key(conversation_id: int) -> str:
     return f"conversation:{conversation_id}"
-
-
-def conversation(conversation_id: int) -> dict | None:
-    """The conversation's summary, or None; callers check visibility with can_see_summary."""
-    def fetch():
-        found = db.session.get(Conversation, conversation_id)
-        return queries.conversation_summary(found) if found else None
-
-    return read(conversation_key(conversation_id), fetch, tags=(DIRECTORY,))
 
 
 def messages_key(conversation_id: int, before: int | None = None) -> str:
@@ -85,65 +121,155 @@ def messages_key(conversation_id: int, before: int | None = None) -> str:
     return key + f":before:{before}" if before else key
 
 
+def _list_key(viewer: Agent, args: dict) -> str:
+    return conversation_list_key(viewer, args["tab"], args["department_id"], args["q"], args["cursor"],
+                                 args["pages"])
+
+
+CONVERSATION_LIST = Fragment(
+    name="list", endpoint="inbox.conversation_list", url_args=_list_url_args,
+    template="inbox/_list.html", more_arg="cursor", more_template="inbox/_rows.html", data_as="page",
+    key=_list_key,
+    element_key=lambda viewer, args: _list_key(viewer, {**args, "pages": 1}),
+    tags=lambda viewer, args: list_scope(viewer, args["tab"]).tags,
+    query=lambda viewer, args: queries.list_conversations(viewer, args["tab"], args["department_id"], args["q"],
+                                                          args["cursor"], args["pages"]),
+    context=lambda viewer, args: {"args": args},
+)
+
+TAB_COUNTS = Fragment(
+    name="counts", endpoint="inbox.counts", url_args=lambda args: {**_list_url_args(args)},
+    template="inbox/_counts.html", data_as="counts",
+    key=lambda viewer, args: counts_key(viewer),
+    tags=lambda viewer, args: list_scope(viewer).tags,
+    query=lambda viewer, args: queries.tab_counts(viewer),
+    context=lambda viewer, args: {"args": args},
+)
+
+MESSAGES = Fragment(
+    name="messages", endpoint="inbox.messages", url_args=lambda args: {"conversation_id": args["conversation_id"]},
+    template="inbox/_messages.html", more_arg="before", more_template="inbox/_message_items.html",
+    data_as="messages",
+    key=lambda viewer, args: messages_key(args["conversation_id"], args.get("before")),
+    tags=lambda viewer, args: (DIRECTORY,),
+    query=lambda viewer, args: queries.conversation_messages(args["conversation_id"], args.get("before")),
+    context=lambda viewer, args: {"conversation": {"id": args["conversation_id"]}},
+    visible=lambda viewer, args: can_see_summary(viewer, conversation(args["conversation_id"])),
+)
+
+
+def _pane_context(viewer: Agent, args: dict) -> dict:
+    messages_args = {"conversation_id": args["conversation_id"], "before": None}
+    return {
+        **context(MESSAGES, viewer, messages_args),
+        "quick_replies": reads.quick_replies(),
+        "agents": domain.transfer_targets(reads.agents(), viewer),
+        "departments": reads.departments(),
+        "allowed_actions": domain.ALLOWED_ACTIONS,
+        "error": None,
+    }
+
+
+CONVERSATION_PANE = Fragment(
+    name="pane", endpoint="inbox.conversation", url_args=lambda args: {"conversation_id": args["conversation_id"]},
+    template="inbox/_pane.html", data_as="conversation",
+    key=lambda viewer, args: conversation_key(args["conversation_id"]),
+    tags=lambda viewer, args: (DIRECTORY,),
+    query=lambda viewer, args: queries.conversation_summary_by_id(args["conversation_id"]),
+    shows=lambda viewer, args: [conversation_key(args["conversation_id"]), messages_key(args["conversation_id"]),
+                                "quick_replies", "agents", "departments"],
+    context=_pane_context,
+    visible=lambda viewer, args: can_see_summary(viewer, conversation(args["conversation_id"])),
+    keep_html=False,  # its forms carry this session's CSRF token
+    data_from_snapshot=True,  # the page's title and the pane's URLs name the conversation
+)
+
+DASHBOARD = Fragment(
+    name="dashboard", endpoint="inbox.dashboard", url_args=lambda args: {},
+    template="dashboard/_stats.html", data_as="stats",
+    key=lambda viewer, args: dashboard_key(viewer),
+    tags=lambda viewer, args: list_scope(viewer).tags,
+    query=lambda viewer, args: queries.dashboard(viewer),
+)
+
+FRAGMENTS: dict[str, Fragment] = {f.name: f for f in (CONVERSATION_LIST, TAB_COUNTS, CONVERSATION_PANE,
+                                                       MESSAGES, DASHBOARD)}
+
+
+# -- reads the API shares with the fragments ----------------------------------------------------
+def conversation_list(viewer: Agent, tab: str, department_id: int | None = None, q: str = "",
+                      cursor: str | None = None, pages: int = 1) -> dict:
+    return CONVERSATION_LIST.read(viewer, list_args(tab, department_id, q, pages, cursor))
+
+
+def conversation(conversation_id: int) -> dict | None:
+    """The conversation's summary, or None; callers check visibility with can_see_summary."""
+    return CONVERSATION_PANE.read(None, {"conversation_id": conversation_id})
+
+
 def messages(conversation_id: int, before: int | None = None) -> dict:
-    return read(messages_key(conversation_id, before),
-                lambda: queries.conversation_messages(conversation_id, before), tags=(DIRECTORY,))
+    return MESSAGES.read(None, {"conversation_id": conversation_id, "before": before})
 
 
-# -- slow-changing data ---------------------------------------------------------------------
-def quick_replies() -> list[dict]:
-    return read("quick_replies", lambda: [
-        {"id": r.id, "shortcut": r.shortcut, "body": r.body}
-        for r in db.session.scalars(select(QuickReply).order_by(QuickReply.shortcut))
-    ], ttl="moderate")
+# -- serving ------------------------------------------------------------------------------------
+def meta(fragment: Fragment, viewer: Agent, args: dict) -> Meta:
+    """The element's key, tags, ETag and URL: computed once per request."""
+    key, tags = fragment.key(viewer, args), tuple(fragment.tags(viewer, args))
+    shown = fragment.shows(viewer, args) if fragment.shows else [key]
+    return Meta(key=fragment.element_key(viewer, args) if fragment.element_key else key, tags=tags,
+                etag=reads.etag(viewer, shown, tags), url=url_for(fragment.endpoint, **fragment.url_args(args)),
+                data_key=key)
 
 
-def tags() -> list[dict]:
-    return read("tags", lambda: [
-        {"id": t.id, "name": t.name, "color": t.color}
-        for t in db.session.scalars(select(Tag).order_by(Tag.name))
-    ], ttl="static")
+def context(fragment: Fragment, viewer: Agent, args: dict, from_snapshot: bool = False,
+            meta_: Meta | None = None) -> dict:
+    """Template variables of a fragment. from_snapshot: the browser paints its contents from its
+    snapshot, so the element is sent empty (only what the page itself needs is read)."""
+    m = meta_ or meta(fragment, viewer, args)
+    read_data = not from_snapshot or fragment.data_from_snapshot
+    data = fragment.read(viewer, args, key=m.data_key, tags=m.tags) if read_data else None
+    found = {f"{fragment.name}_meta": m, fragment.data_as: data, "from_snapshot": from_snapshot}
+    return found if from_snapshot else {**fragment.context(viewer, args), **found}
 
 
-def departments() -> list[dict]:
-    return read("departments", queries.departments, ttl="static")
+def browser_has_snapshots() -> bool:
+    """This browser keeps this agent's snapshots (the client said so with a cookie)."""
+    return request.cookies.get(SNAPSHOT_COOKIE) == str(current_user.id)
 
 
-def agents() -> list[dict]:
-    return read("agents", queries.agents, ttl="moderate")
+def serve(fragment: Fragment, args: dict) -> Response:
+    """A fragment request: 404 if the viewer may not see it, 304 if the browser's copy is current,
+    else the HTML (cached under its ETag unless it holds a CSRF token)."""
+    viewer = current_user
+    if fragment.visible and not fragment.visible(viewer, args):
+        abort(404)
+    m = meta(fragment, viewer, args)
+    more = bool(fragment.more_arg and args.get(fragment.more_arg))
+    template = fragment.more_template if more else fragment.template
+    return respond(m.etag, lambda: render_template(template, **context(fragment, viewer, args, meta_=m)),
+                   keep_html=fragment.keep_html)
 
 
-def contacts_key(q: str, page: int) -> str:
-    return f"contacts:q:{_digest(q.strip().lower())}:page:{page}"
+def respond(etag: str | None, render: Callable[[], str], keep_html: bool = True) -> Response:
+    """Answer 304 when the browser's copy carries the current ETag (no query, no render),
+    otherwise send the fragment with its ETag so the next refresh can revalidate.
+
+    The ETag names the exact data and viewer, so the rendered HTML is cached under it too:
+    a hit neither queries nor renders."""
+    if etag and etag in _if_none_match():
+        response = Response(status=304)
+        response.headers["X-Cache"] = "HIT"
+    elif etag and keep_html:
+        digest = hashlib.sha1(f"{request.full_path}|{etag}".encode()).hexdigest()[:24]
+        response = make_response(reads.read(f"{metrics.RENDERED}:{digest}", render))
+    else:
+        response = make_response(render())
+    if etag:
+        response.headers["ETag"] = etag
+        response.headers["Cache-Control"] = "private, no-cache"
+        response.vary.update(("Cookie", "HX-Request"))
+    return response
 
 
-def contacts(q: str, page: int) -> dict:
-    return read(contacts_key(q, page), lambda: queries.list_contacts(q, page), ttl="moderate")
-
-
-# -- who is asking ----------------------------------------------------------------------------
-def viewer(user_id: int) -> Viewer | None:
-    """The signed-in agent, from the cache: a request served from cache runs no SQL at all."""
-    def fetch():
-        user = db.session.get(User, user_id)
-        return Viewer.of(user).as_dict() if user else None
-
-    data = read(f"user:{user_id}", fetch, ttl="moderate")
-    return Viewer.from_dict(data) if data else None
-
-
-def viewer_by_token(token: str) -> Viewer | None:
-    digest = hash_token(token)
-
-    def fetch():
-        user = db.session.scalar(select(User).where(User.api_token_hash == digest))
-        return Viewer.of(user).as_dict() if user else None
-
-    data = read(f"token:{digest}", fetch, ttl="moderate")
-    return Viewer.from_dict(data) if data else None
-
-
-def etag(viewer: Viewer, keys: Iterable[str], tags: Iterable[str] = ()) -> str | None:
-    """Validator of a response built from `keys`, for this viewer and this release."""
-    salt = f"{current_app.config.get('RELEASE', '1')}:{viewer.id}"
-    return smart_cache.etag(keys, tags, salt=salt)
+def _if_none_match() -> Iterable[str]:
+    return [t.strip() for t in request.headers.get("If-None-Match", "").split(",") if t.strip()]

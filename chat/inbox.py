@@ -1,20 +1,21 @@
-"""The agent's inbox: the page, its list and count fragments, and the conversation pane.
+"""The agent's inbox: the page, its list and count fragments, the conversation pane and the
+actions taken in it.
 
-Every read goes through chat.fragments (the cache); fragments answer 304 to a browser whose
-copy is still current. Actions call the domain and re-render from fresh cache reads.
+Fragments are declared in chat/fragments.py and served by fragments.serve; actions call the
+domain and answer with the refreshed pane.
 """
 from __future__ import annotations
 
 from flask import Blueprint, abort, flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
-from . import domain, fragments
+from . import domain, fragments, reads
 from .errors import DomainError, NotFound
-from .visibility import DIRECTORY, TABS, can_see_summary, list_scope
-from .web import cached_fragment, is_fragment_request
+from .fragments import CONVERSATION_LIST, CONVERSATION_PANE, MESSAGES, TAB_COUNTS
+from .visibility import can_see_summary
+from .web import is_fragment_request
 
 bp = Blueprint("inbox", __name__)
-MAX_LIST_PAGES = 20  # a refreshed list keeps at most this many pages loaded by scrolling
 
 
 @bp.before_request
@@ -23,87 +24,18 @@ def require_login():
     """Every inbox URL needs a signed-in agent."""
 
 
-def _list_args() -> dict:
-    tab = request.args.get("tab", "pending")
-    if tab not in TABS:
-        tab = "pending"
-    department = request.args.get("department", type=int)
-    pages = min(max(request.args.get("pages", 1, type=int), 1), MAX_LIST_PAGES)
-    return {"tab": tab, "department_id": department, "q": request.args.get("q", "")[:100], "pages": pages}
-
-
-SNAPSHOT_COOKIE = "inbox_snapshots"
-
-
-def _meta(key: str, etag_keys: list[str], tags: tuple[str, ...]) -> dict:
-    """What a refreshable element carries: its key, the tags that stale it, its current ETag."""
-    return {"key": key, "tags": tags, "etag": fragments.etag(current_user, etag_keys, tags)}
-
-
-def _list_meta(args: dict, cursor: str | None = None) -> dict:
-    """The list keeps one identity (key, URL, snapshot) however many pages it shows; its
-    ETag is that of the pages shown."""
-    key = fragments.conversation_list_key(current_user, cursor=cursor, **args)
-    meta = _meta(key, [key], list_scope(current_user, args["tab"]).tags)
-    meta["key"] = fragments.conversation_list_key(current_user, cursor=cursor, **{**args, "pages": 1})
-    return meta
-
-
-def _counts_meta() -> dict:
-    key = fragments.counts_key(current_user)
-    return _meta(key, [key], list_scope(current_user).tags)
-
-
-def _shell() -> bool:
-    """This browser keeps this agent's snapshots (the shim said so): send the page without
-    its fragments' contents; the shim paints them from localStorage, or fetches the stale ones."""
-    return request.cookies.get(SNAPSHOT_COOKIE) == str(current_user.id)
-
-
-def _list_context(args: dict, cursor: str | None = None, shell: bool = False,
-                  meta: dict | None = None) -> dict:
+def _page_context(args: dict, from_snapshot: bool = False) -> dict:
+    """The inbox page around its fragments: tabs with counts, filters, the list."""
     return {
-        "page": None if shell else fragments.conversation_list(current_user, cursor=cursor, **args),
+        **fragments.context(CONVERSATION_LIST, current_user, args, from_snapshot),
+        **fragments.context(TAB_COUNTS, current_user, args, from_snapshot),
         "args": args,
-        "list_meta": meta or _list_meta(args, cursor),
-        "shell": shell,
+        "departments": reads.departments(),
     }
 
 
-def _page_context(args: dict, shell: bool = False) -> dict:
-    return {
-        **_list_context(args, shell=shell),
-        "counts_meta": _counts_meta(),
-        "counts": None if shell else fragments.tab_counts(current_user),
-        "departments": fragments.departments(),
-    }
-
-
-@bp.get("/")
-def home():
-    return redirect(url_for("inbox.index"))
-
-
-@bp.get("/inbox")
-def index():
-    return render_template("inbox/index.html", **_page_context(_list_args(), _shell()), conversation=None)
-
-
-@bp.get("/inbox/list")
-def conversation_list():
-    """The list fragment; with a cursor, just the next rows for infinite scroll."""
-    args = _list_args()
-    cursor = request.args.get("cursor")
-    meta = _list_meta(args, cursor)
-    template = "inbox/_rows.html" if cursor else "inbox/_list.html"
-    return cached_fragment(meta["etag"], lambda: render_template(template, **_list_context(args, cursor, meta=meta)))
-
-
-@bp.get("/inbox/counts")
-def counts():
-    meta = _counts_meta()
-    return cached_fragment(meta["etag"], lambda: render_template(
-        "inbox/_counts.html", counts=fragments.tab_counts(current_user), args=_list_args(), counts_meta=meta))
+def _pane_args(conversation_id: int) -> dict:
+    return {"conversation_id": conversation_id}
 
 
 def _visible_summary(conversation_id: int) -> dict:
@@ -113,69 +45,56 @@ def _visible_summary(conversation_id: int) -> dict:
     return summary
 
 
-def _pane_keys(conversation_id: int) -> list[str]:
-    return [fragments.conversation_key(conversation_id), fragments.messages_key(conversation_id),
-            "quick_replies", "agents", "departments"]
+def _pane_context(conversation_id: int, error: str | None = None, from_snapshot: bool = False) -> dict:
+    _visible_summary(conversation_id)
+    found = fragments.context(CONVERSATION_PANE, current_user, _pane_args(conversation_id), from_snapshot)
+    return found if from_snapshot else {**found, "error": error}
 
 
-def _pane_meta(conversation_id: int) -> dict:
-    return _meta(fragments.conversation_key(conversation_id), _pane_keys(conversation_id), (DIRECTORY,))
+@bp.get("/")
+def home():
+    return redirect(url_for("inbox.index"))
 
 
-def _messages_meta(conversation_id: int, before: int | None = None) -> dict:
-    key = fragments.messages_key(conversation_id, before)
-    return _meta(key, [key], (DIRECTORY,))
+@bp.get("/inbox")
+def index():
+    args = fragments.list_args_from_request()
+    return render_template("inbox/index.html", **_page_context(args, fragments.browser_has_snapshots()),
+                           conversation=None)
 
 
-def _pane_context(conversation_id: int, error: str | None = None, shell: bool = False,
-                  meta: dict | None = None) -> dict:
-    pane_meta = meta or _pane_meta(conversation_id)
-    if shell:
-        return {"conversation": _visible_summary(conversation_id), "pane_meta": pane_meta, "shell": True}
-    return {
-        "conversation": _visible_summary(conversation_id),
-        "messages": fragments.messages(conversation_id),
-        "messages_meta": _messages_meta(conversation_id),
-        "pane_meta": pane_meta,
-        "quick_replies": fragments.quick_replies(),
-        "agents": [a for a in fragments.agents() if a["active"] and a["id"] != current_user.id],
-        "departments": fragments.departments(),
-        "error": error,
-    }
+@bp.get("/inbox/list")
+def conversation_list():
+    """The list fragment; with a cursor, just the next rows for infinite scroll."""
+    return fragments.serve(CONVERSATION_LIST, fragments.list_args_from_request(cursor=True))
+
+
+@bp.get("/inbox/counts")
+def counts():
+    return fragments.serve(TAB_COUNTS, fragments.list_args_from_request())
 
 
 @bp.get("/conversations/<int:conversation_id>")
 def conversation(conversation_id: int):
     """The full inbox page with this conversation open, or just its pane for htmx."""
-    summary = _visible_summary(conversation_id)
-    if summary["unread_count"] and summary["user"] and summary["user"]["id"] == current_user.id:
-        domain.mark_read(conversation_id, current_user)  # its commit invalidates the summary
+    domain.mark_read_on_open(current_user, _visible_summary(conversation_id))
     if is_fragment_request():
-        meta = _pane_meta(conversation_id)
-        return cached_fragment(meta["etag"], lambda: render_template(
-            "inbox/_pane.html", **_pane_context(conversation_id, meta=meta)),
-            keep_html=False)  # its forms carry this session's CSRF token
-    shell = _shell()
-    return render_template("inbox/index.html",
-                           **{**_page_context(_list_args(), shell), **_pane_context(conversation_id, shell=shell)})
+        return fragments.serve(CONVERSATION_PANE, _pane_args(conversation_id))
+    from_snapshot = fragments.browser_has_snapshots()
+    return render_template("inbox/index.html", **{
+        **_page_context(fragments.list_args_from_request(), from_snapshot),
+        **_pane_context(conversation_id, from_snapshot=from_snapshot),
+    })
 
 
 @bp.get("/conversations/<int:conversation_id>/messages")
 def messages(conversation_id: int):
     """The messages fragment; with ?before=<id>, the older page that "load older" prepends."""
-    _visible_summary(conversation_id)
-    before = request.args.get("before", type=int)
-    meta = _messages_meta(conversation_id, before)
-    template = "inbox/_older.html" if before else "inbox/_messages.html"  # only the latter shows meta
-    return cached_fragment(meta["etag"], lambda: render_template(
-        template,
-        messages=fragments.messages(conversation_id, before),
-        conversation={"id": conversation_id},
-        messages_meta=meta,
-    ))
+    return fragments.serve(MESSAGES, {"conversation_id": conversation_id,
+                                      "before": request.args.get("before", type=int)})
 
 
-def _act(conversation_id: int, action, done: str = "Done."):
+def _answer_action(conversation_id: int, action, done: str = "Done."):
     """Run a domain action, then answer with the refreshed pane (or its error)."""
     try:
         action()
@@ -191,7 +110,8 @@ def _act(conversation_id: int, action, done: str = "Done."):
         pane = _pane_context(conversation_id, exc.message)
         if is_fragment_request():
             return render_template("inbox/_pane.html", **pane), exc.status
-        return render_template("inbox/index.html", **{**_page_context(_list_args()), **pane}), exc.status
+        page = _page_context(fragments.list_args_from_request())
+        return render_template("inbox/index.html", **{**page, **pane}), exc.status
     if not can_see_summary(current_user, fragments.conversation(conversation_id)):
         # Handed to someone else: this agent may no longer see it.
         if is_fragment_request():
@@ -214,7 +134,7 @@ def reply(conversation_id: int):
     def action():
         sent["created"] = domain.send_reply(conversation_id, current_user, body, key).created
 
-    response = make_response(_act(conversation_id, action))
+    response = make_response(_answer_action(conversation_id, action))
     if sent.get("created") and response.status_code == 200:
         response.status_code = 201
     return response
@@ -222,23 +142,19 @@ def reply(conversation_id: int):
 
 @bp.post("/conversations/<int:conversation_id>/accept")
 def accept(conversation_id: int):
-    def action():
-        domain.accept_conversation(conversation_id, current_user)
-        domain.mark_read(conversation_id, current_user)  # the agent is looking at it right now
-
-    return _act(conversation_id, action)
+    return _answer_action(conversation_id, lambda: domain.accept_conversation(conversation_id, current_user))
 
 
 @bp.post("/conversations/<int:conversation_id>/close")
 def close(conversation_id: int):
-    return _act(conversation_id, lambda: domain.close_conversation(conversation_id, current_user))
+    return _answer_action(conversation_id, lambda: domain.close_conversation(conversation_id, current_user))
 
 
 @bp.post("/conversations/<int:conversation_id>/transfer")
 def transfer(conversation_id: int):
     to_user = request.form.get("user_id", type=int)
     to_department = request.form.get("department_id", type=int)
-    return _act(
+    return _answer_action(
         conversation_id,
         lambda: domain.transfer_conversation(conversation_id, current_user, to_user, to_department),
         done="Conversation transferred.",
@@ -247,9 +163,9 @@ def transfer(conversation_id: int):
 
 @bp.get("/contacts")
 def contacts():
-    q = request.args.get("q", "")[:100]
+    q = fragments.clean_query(request.args.get("q"))
     page = max(request.args.get("page", 1, type=int), 1)
-    data = fragments.contacts(q, page)
+    data = reads.contacts(q, page)
     template = "contacts/_rows.html" if is_fragment_request() else "contacts/index.html"
     return render_template(template, contacts=data, q=q)
 
@@ -257,9 +173,6 @@ def contacts():
 @bp.get("/dashboard")
 def dashboard():
     """The dashboard page, or (for htmx) just its numbers, which refresh live."""
-    key = fragments.dashboard_key(current_user)
-    meta = _meta(key, [key], list_scope(current_user).tags)
     if is_fragment_request():
-        return cached_fragment(meta["etag"], lambda: render_template(
-            "dashboard/_stats.html", stats=fragments.dashboard(current_user), dashboard_meta=meta))
-    return render_template("dashboard/index.html", stats=fragments.dashboard(current_user), dashboard_meta=meta)
+        return fragments.serve(fragments.DASHBOARD, {})
+    return render_template("dashboard/index.html", **fragments.context(fragments.DASHBOARD, current_user, {}))

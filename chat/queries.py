@@ -43,6 +43,11 @@ def conversation_summary(c: Conversation) -> dict:
     }
 
 
+def conversation_summary_by_id(conversation_id: int) -> dict | None:
+    found = db.session.get(Conversation, conversation_id)
+    return conversation_summary(found) if found else None
+
+
 def _contains(q: str) -> str:
     """A LIKE pattern matching `q` literally: '%' and '_' typed by a user are not wildcards.
     Control characters are dropped: nothing stored holds them, and PostgreSQL refuses NUL."""

@@ -1,22 +1,17 @@
-"""What every HTML page shares: error pages, template filters and the htmx helpers."""
+"""What every HTML page shares: error pages, security headers, template filters and globals."""
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 
-from typing import Callable, Iterable
-
-from flask import Flask, Response, current_app, make_response, render_template, request
+from flask import Flask, current_app, render_template, request
 from flask_wtf.csrf import CSRFError
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import metrics
-from .cache import smart_cache
 from .errors import DomainError
-from .extensions import db
-from .invalidation import has_pending_writes
+from .visibility import TABS
 
 
 def is_fragment_request() -> bool:
@@ -60,6 +55,7 @@ def init_app(app: Flask) -> None:
     _production_settings(app)
     app.add_template_filter(_time_tag, "time")
     app.add_template_filter(_initials, "initials")
+    app.jinja_env.globals["tabs"] = TABS
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
@@ -143,30 +139,3 @@ def _time_tag(iso: str | None) -> Markup:
 def _initials(name: str | None) -> str:
     parts = (name or "?").split()
     return "".join(p[0] for p in parts[:2]).upper() or "?"
-
-
-def cached_fragment(etag: str | None, render: Callable[[], str], keep_html: bool = True) -> Response:
-    """Answer 304 when the browser's copy carries the current ETag (no query, no render),
-    otherwise send the fragment with its ETag so the next refresh can revalidate.
-
-    The ETag names the exact data and viewer, so the rendered HTML is cached under it too:
-    a hit neither queries nor renders. keep_html=False for fragments holding a per-session
-    CSRF token (their forms), which must be rendered for each session."""
-    if etag and etag in _if_none_match():
-        response = Response(status=304)
-        response.headers["X-Cache"] = "HIT"
-    elif etag and keep_html:
-        digest = hashlib.sha1(f"{request.full_path}|{etag}".encode()).hexdigest()[:24]
-        response = make_response(smart_cache.get_or_fetch(f"{metrics.RENDERED}:{digest}", render,
-                                                          bypass=has_pending_writes(db.session)))
-    else:
-        response = make_response(render())
-    if etag:
-        response.headers["ETag"] = etag
-        response.headers["Cache-Control"] = "private, no-cache"
-        response.vary.update(("Cookie", "HX-Request"))
-    return response
-
-
-def _if_none_match() -> Iterable[str]:
-    return [t.strip() for t in request.headers.get("If-None-Match", "").split(",") if t.strip()]

@@ -1,0 +1,90 @@
+"""Cached reads that are not fragments of their own: who is asking (session and API token),
+the slow-changing lists (departments, agents, tags, quick replies) and contacts.
+
+`read` is the one door to the cache for data, and holds the one bypass rule: a read inside a
+transaction with uncommitted writes neither uses nor fills the cache. Fragments
+(chat/fragments.py) read through it too.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Iterable
+
+from flask import current_app
+from sqlalchemy import select
+
+from . import queries
+from .cache import smart_cache
+from .extensions import db
+from .invalidation import has_pending_writes
+from .models import QuickReply, Tag, User, Viewer, hash_token
+
+
+def digest(text: str) -> str:
+    """A short stable hash for free text in a key (a search, a cursor)."""
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def read(key: str, fetch: Callable[[], Any], ttl: str = "dynamic", tags: Iterable[str] = ()) -> Any:
+    """get_or_fetch, bypassed inside a transaction with uncommitted writes."""
+    return smart_cache.get_or_fetch(key, fetch, ttl=ttl, tags=tuple(tags),
+                                    bypass=has_pending_writes(db.session))
+
+
+def etag(viewer: Viewer, keys: Iterable[str], tags: Iterable[str] = ()) -> str | None:
+    """Validator of a response built from `keys`, for this viewer and this release."""
+    salt = f"{current_app.config.get('RELEASE', '1')}:{viewer.id}"
+    return smart_cache.etag(keys, tags, salt=salt)
+
+
+# -- slow-changing data ---------------------------------------------------------------------
+def quick_replies() -> list[dict]:
+    return read("quick_replies", lambda: [
+        {"id": r.id, "shortcut": r.shortcut, "body": r.body}
+        for r in db.session.scalars(select(QuickReply).order_by(QuickReply.shortcut))
+    ], ttl="moderate")
+
+
+def tags() -> list[dict]:
+    return read("tags", lambda: [
+        {"id": t.id, "name": t.name, "color": t.color}
+        for t in db.session.scalars(select(Tag).order_by(Tag.name))
+    ], ttl="static")
+
+
+def departments() -> list[dict]:
+    return read("departments", queries.departments, ttl="static")
+
+
+def agents() -> list[dict]:
+    return read("agents", queries.agents, ttl="moderate")
+
+
+def contacts_key(q: str, page: int) -> str:
+    return f"contacts:q:{digest(q.strip().lower())}:page:{page}"
+
+
+def contacts(q: str, page: int) -> dict:
+    return read(contacts_key(q, page), lambda: queries.list_contacts(q, page), ttl="moderate")
+
+
+# -- who is asking ----------------------------------------------------------------------------
+def viewer(user_id: int) -> Viewer | None:
+    """The signed-in agent, from the cache: a request served from cache runs no SQL at all."""
+    def fetch():
+        user = db.session.get(User, user_id)
+        return Viewer.of(user).as_dict() if user else None
+
+    data = read(f"user:{user_id}", fetch, ttl="moderate")
+    return Viewer.from_dict(data) if data else None
+
+
+def viewer_by_token(token: str) -> Viewer | None:
+    digest_ = hash_token(token)
+
+    def fetch():
+        user = db.session.scalar(select(User).where(User.api_token_hash == digest_))
+        return Viewer.of(user).as_dict() if user else None
+
+    data = read(f"token:{digest_}", fetch, ttl="moderate")
+    return Viewer.from_dict(data) if data else None
