@@ -37,7 +37,7 @@ def test_make_bench_quick():
     report = json.loads(out.read_text())
     assert report["errors"] == {}
     m = report["measurements"]
-    assert set(m) == {"throughput", "queries", "invalidation", "stampede", "push", "browser"}
+    assert set(m) == {"throughput", "queries", "invalidation", "stampede", "push", "browser", "faults"}
     for measurement in m:
         assert (results / f"{NAME}-{measurement}.png").stat().st_size > 1000
     assert report["machine"]["cores"] and report["data"]["rows"]["conversations"] == 300
@@ -63,6 +63,12 @@ def test_make_bench_quick():
     assert long_list["loaded_rows"] >= 200 and long_list["rows_kept"]
     assert m["browser"]["offline"]["reload_to_painted_ms_p50"] > 0
     assert m["browser"]["offline"]["queued_reply_delivered_after_ms"] > 0
+
+    faults = m["faults"]  # Redis frozen, then killed and restarted empty, under load
+    assert faults["requests"] > 0 and faults["phases"]["frozen"]["requests"] > 0
+    assert faults["status_5xx"] == 0 and faults["failed"] == 0
+    assert faults["stale_reads"] == 0 and all(c["reads"] > 0 for c in faults["stale"].values())
+    assert faults["breaker"]["opens"] >= 1 and faults["breaker"]["skipped"] > 0
 
     for leftover in (results / f"{NAME}.json", *results.glob(f"{NAME}-*.png")):
         leftover.unlink()
