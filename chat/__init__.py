@@ -35,7 +35,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["SQLALCHEMY_DATABASE_URI"] = normalise_database_url(uri)
 
     from . import auth, admin, api, cli, inbox, invalidation, observability, offline, push, web
-    from . import throttle
+    from . import contacts, dashboard, throttle
     from .cache import smart_cache
     from .extensions import csrf, db, login_manager, migrate
 
@@ -52,6 +52,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(inbox.bp)
+    app.register_blueprint(contacts.bp)
+    app.register_blueprint(dashboard.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(observability.bp)

@@ -1,13 +1,13 @@
-"""Admin pages: departments, tags, quick replies and agents."""
+"""Admin pages: departments, tags, quick replies, agents and the live cache panel, behind one gate."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
-from . import catalog, reads
+from . import catalog, observability, reads
 from .errors import DomainError
 from .extensions import db
 from .models import User
@@ -18,6 +18,8 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 @bp.before_request
 @login_required
 def require_admin():
+    """The one gate of every admin URL: signed out, the sign-in page (htmx: a 401 that sends the
+    whole page there, see auth.py); signed in as an agent, 403."""
     if not current_user.is_admin:
         abort(403)
 
@@ -126,3 +128,21 @@ def agent(agent_id: int | None = None):
                                departments=reads.departments(), form=form, error=exc.message), exc.status
     flash(f"Saved {form['name']}.", "success")
     return redirect(url_for("admin.agents"))
+
+
+@bp.get("/cache")
+def cache():
+    return _no_store(render_template("admin/cache.html", backend=observability.backend_info(),
+                                     **observability.panel_context()))
+
+
+@bp.get("/cache/panel")
+def cache_panel():
+    """The numbers and the chart alone: what the page's htmx poll swaps in every two seconds."""
+    return _no_store(render_template("admin/_cache_panel.html", **observability.panel_context()))
+
+
+def _no_store(body: str) -> Response:
+    response = make_response(body)
+    response.headers["Cache-Control"] = "no-store"
+    return response

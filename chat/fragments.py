@@ -185,7 +185,7 @@ CONVERSATION_PANE = Fragment(
 )
 
 DASHBOARD = Fragment(
-    name="dashboard", endpoint="inbox.dashboard", url_args=lambda args: {},
+    name="dashboard", endpoint="dashboard.index", url_args=lambda args: {},
     template="dashboard/_stats.html", data_as="stats",
     key=lambda viewer, args: dashboard_key(viewer),
     tags=lambda viewer, args: list_scope(viewer).tags,

@@ -159,20 +159,3 @@ def transfer(conversation_id: int):
         lambda: domain.transfer_conversation(conversation_id, current_user, to_user, to_department),
         done="Conversation transferred.",
     )
-
-
-@bp.get("/contacts")
-def contacts():
-    q = fragments.clean_query(request.args.get("q"))
-    page = max(request.args.get("page", 1, type=int), 1)
-    data = reads.contacts(q, page)
-    template = "contacts/_rows.html" if is_fragment_request() else "contacts/index.html"
-    return render_template(template, contacts=data, q=q)
-
-
-@bp.get("/dashboard")
-def dashboard():
-    """The dashboard page, or (for htmx) just its numbers, which refresh live."""
-    if is_fragment_request():
-        return fragments.serve(fragments.DASHBOARD, {})
-    return render_template("dashboard/index.html", **fragments.context(fragments.DASHBOARD, current_user, {}))

@@ -1,4 +1,5 @@
-"""Looking at the cache: /metrics for Prometheus and the admin's live cache panel.
+"""Looking at the cache: /metrics for Prometheus, and what the admin's live cache panel
+(admin.py serves it) and `flask cache stats` show.
 
 /metrics needs no login (scrapers; METRICS_TOKEN or METRICS_ALLOW close it), so it exposes only the app's own counters and histogram
 (chat_*): no process, platform or interpreter details, and never a key or a name.
@@ -10,15 +11,12 @@ import hmac
 import ipaddress
 import os
 import time
-from functools import wraps
 
-from flask import Blueprint, Response, abort, current_app, make_response, render_template, request, url_for
-from flask_login import current_user, login_required
+from flask import Blueprint, current_app, make_response, request, url_for
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from . import metrics
 from .cache import smart_cache
-from .web import is_fragment_request
 
 bp = Blueprint("observability", __name__)
 
@@ -35,28 +33,6 @@ class _AppMetrics:
         for family in REGISTRY.collect():
             if family.name.startswith(APP_METRICS):
                 yield family
-
-
-def admin_only(view):
-    """Admins only: 403 for agents, the login page for anyone signed out."""
-
-    @login_required
-    def signed_in(*args, **kwargs):
-        if not current_user.is_admin:
-            abort(403)
-        return view(*args, **kwargs)
-
-    @wraps(view)
-    def wrapped(*args, **kwargs):
-        if not current_user.is_authenticated and is_fragment_request():
-            # A poll from a page whose session ended: send the whole page to the login form
-            # instead of swapping the login page into the panel.
-            response = Response(status=401)
-            response.headers["HX-Redirect"] = url_for("auth.login", next=url_for("observability.cache"))
-            return response
-        return signed_in(*args, **kwargs)
-
-    return wrapped
 
 
 def _metrics_allowed() -> bool:
@@ -84,25 +60,6 @@ def prometheus_metrics():
         return response
     response = make_response(generate_latest(_AppMetrics()))
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-@bp.get("/admin/cache")
-@admin_only
-def cache():
-    return _no_store(render_template("admin/cache.html", backend=backend_info(), **panel_context()))
-
-
-@bp.get("/admin/cache/panel")
-@admin_only
-def cache_panel():
-    """The numbers and the chart alone: what the page's htmx poll swaps in every two seconds."""
-    return _no_store(render_template("admin/_cache_panel.html", **panel_context()))
-
-
-def _no_store(body: str) -> Response:
-    response = make_response(body)
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -136,7 +93,7 @@ def panel_context() -> dict:
         "breaker": breaker_info(),
         "pid": os.getpid(),
         "uptime": _duration(time.time() - STARTED),
-        "panel_url": url_for("observability.cache_panel"),
+        "panel_url": url_for("admin.cache_panel"),
     }
 
 
