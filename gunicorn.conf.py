@@ -5,6 +5,7 @@ thread busy with its Socket.IO connection. Socket.IO needs every request of a cl
 the same process, so one worker per gunicorn; run several gunicorns behind a sticky load
 balancer to use more processes (README, "Serving").
 """
+import os
 import signal
 import threading
 
@@ -39,6 +40,15 @@ def post_worker_init(worker) -> None:
 
         signal.signal(signum, stop)
     signal.siginterrupt(signal.SIGTERM, False)  # as gunicorn had it: don't disturb active requests
+
+
+def child_exit(server, worker) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR (metrics summed over processes), drop the exited worker's
+    live gauges; its counters stay in the sums."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
 
 
 def _close_connections(worker, push) -> None:

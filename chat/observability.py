@@ -3,7 +3,8 @@
 
 /metrics needs no login (scrapers; METRICS_TOKEN or METRICS_ALLOW close it), so it exposes only the app's own counters and histogram
 (chat_*): no process, platform or interpreter details, and never a key or a name.
-Both views read per-process numbers: under gunicorn every worker counts on its own.
+Both views read this process's numbers, or, with PROMETHEUS_MULTIPROC_DIR set, the sum over
+every process of the deployment (see metrics.py).
 """
 from __future__ import annotations
 
@@ -27,10 +28,11 @@ SERIES = (("hits", "hits"), ("misses", "misses"), ("invalidations", "invalidatio
 
 
 class _AppMetrics:
-    """The default registry, filtered to this app's metrics (the process collectors stay out)."""
+    """The default registry (or every process's, in multiprocess mode), filtered to this app's
+    metrics (the process collectors and the panel's own history stay out)."""
 
     def collect(self):
-        for family in REGISTRY.collect():
+        for family in metrics.collect_all_processes() if metrics.multiprocess_dir() else REGISTRY.collect():
             if family.name.startswith(APP_METRICS):
                 yield family
 
@@ -82,14 +84,15 @@ def backend_info() -> dict:
 
 
 def panel_context() -> dict:
-    totals = dict(metrics.history.totals)
+    numbers = metrics.panel_numbers()
+    totals = numbers["totals"]
     reads = totals["hits"] + totals["misses"]
-    buckets = metrics.history.snapshot()
     return {
         "totals": totals,
         "hit_ratio": f"{totals['hits'] / reads:.1%}" if reads else "–",
-        "queries_saved": metrics.queries_saved(),
-        "chart": chart(buckets),
+        "queries_saved": numbers["queries_saved"],
+        "chart": chart(numbers["buckets"]),
+        "processes": numbers["processes"],
         "breaker": breaker_info(),
         "pid": os.getpid(),
         "uptime": _duration(time.time() - STARTED),
