@@ -13,7 +13,7 @@ CHAT_TEST_DATABASES ?= sqlite,postgresql
 CHAT_TEST_CACHES ?= simple,redis
 export CHAT_TEST_DATABASES CHAT_TEST_CACHES
 
-.PHONY: run test deps assets chromium services clean bench wrk
+.PHONY: run test deps assets chromium services clean bench wrk nginx cluster
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,13 +43,23 @@ run: deps
 chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# Debian's nginx, for make cluster and the tests that run the product behind it (tests/test_cluster.py).
+nginx:
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }
+
+# make cluster: nginx with sticky sessions in front of 3 gunicorns sharing PostgreSQL and Redis,
+# on loopback (README, "Serving"); Ctrl+C stops it all. CLUSTER_PORT=8080 by default.
+CLUSTER_PORT ?= 8080
+cluster: deps nginx services
+	$(BIN)/python -m deploy.cluster --port $(CLUSTER_PORT)
+
 # Start the machine's PostgreSQL and Redis when they are not running.
 services:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || { pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start && sleep 2; }
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /tmp
 
 # make test runs the quick bench too (tests/test_bench.py), so it installs what make bench needs.
-test: deps chromium wrk services $(VENV)/.bench-installed
+test: deps chromium wrk nginx services $(VENV)/.bench-installed
 	$(BIN)/pytest
 
 # make bench: every benchmark side by side (see "Performance" in README.md); writes
