@@ -89,6 +89,8 @@ def _visit(page) -> dict:
 def run(ctx) -> dict:
     from playwright.sync_api import sync_playwright
 
+    from chat.fragments import SNAPSHOT_COOKIE
+
     repeats = ctx.sizes.browser_repeats
     database = copy_database(ctx.database, ctx.workdir / "browser.db")
     results: dict = {"settings": {"browser": "Debian chromium via Playwright", "cache": "in-process (default)",
@@ -102,7 +104,7 @@ def run(ctx) -> dict:
 
         ana = _page(browser, server.base, "ana@example.com")
         ana.evaluate("() => localStorage.clear()")
-        ana.context.clear_cookies(name="inbox_snapshots")
+        ana.context.clear_cookies(name=SNAPSHOT_COOKIE)
         first = _visit(ana)  # no snapshots yet: the server renders the list
         repeat = [_visit(ana) for _ in range(repeats)]
         results["first_visit"] = first

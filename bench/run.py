@@ -42,8 +42,6 @@ class Context:
     workdir: Path
     database: Path
     redis: PrivateRedis
-    stack: contextlib.ExitStack
-    extra: dict = field(default_factory=dict)
 
     @property
     def redis_url(self) -> str:
@@ -84,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             report["data"] = {"rows": row_counts(database), "seed_seconds": round(seconds, 1)}
             redis = PrivateRedis(workdir)
             stack.callback(redis.stop)
-            ctx = Context(sizes, workdir, database, redis, stack)
+            ctx = Context(sizes, workdir, database, redis)
             for measurement in wanted:
                 module = importlib.import_module(f"bench.{measurement}")
                 print(f"bench {name}: {measurement} ...", flush=True)

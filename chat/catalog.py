@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from .domain import reject_control_characters
 from .errors import InvalidInput, NotFound
 from .extensions import db
-from .models import ROLES, Department, QuickReply, Tag, User
+from .models import ADMIN, ROLES, Department, QuickReply, Tag, User
 
 COLOR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -110,7 +110,7 @@ def save_agent(
     departments = list(db.session.scalars(select(Department).where(Department.id.in_(department_ids))))
     if len(departments) != len(set(department_ids)):
         raise InvalidInput("unknown department")
-    if (agent_id and agent.role == "admin" and agent.active and (role != "admin" or not active)
+    if (agent_id and agent.role == ADMIN and agent.active and (role != ADMIN or not active)
             and _admin_count() == 1):
         raise InvalidInput("the last admin cannot be demoted or deactivated")
     name = _text(name, "name", 120)
@@ -126,7 +126,7 @@ def save_agent(
 
 def _admin_count() -> int:
     return db.session.scalar(
-        select(func.count()).select_from(User).where(User.role == "admin", User.active.is_(True))
+        select(func.count()).select_from(User).where(User.role == ADMIN, User.active.is_(True))
     )
 
 

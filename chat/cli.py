@@ -13,7 +13,7 @@ from . import catalog, metrics, seed as demo
 from .cache import smart_cache
 from .errors import DomainError
 from .extensions import db
-from .models import Conversation
+from .models import AGENT, ROLES, Conversation
 from .observability import backend_info
 
 agent_cli = AppGroup("agent", help="Manage agents.")
@@ -73,7 +73,7 @@ def agent_token(email):
 @agent_cli.command("create")
 @click.argument("email")
 @click.option("--name", required=True)
-@click.option("--role", type=click.Choice(["admin", "agent"]), default="agent", show_default=True)
+@click.option("--role", type=click.Choice(ROLES), default=AGENT, show_default=True)
 @click.password_option()
 def agent_create(email, name, role, password):
     """Create an agent who can log in."""
