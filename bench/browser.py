@@ -21,16 +21,13 @@ in-process cache), SQLite copy of the seeded database.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import uuid
 from pathlib import Path
 
-from .common import (INBOUND_TOKEN, PASSWORD, Gunicorn, Unavailable, app_env, copy_database, http, percentile,
-                     save_chart)
+from .common import (CHROMIUM_ARGS, INBOUND_TOKEN, PASSWORD, Gunicorn, Unavailable, app_env, chromium_executable,
+                     copy_database, http, percentile, save_chart)
 
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 INIT = """
 window.__painted = null;
 document.addEventListener("inbox:painted", function () { window.__painted = performance.now(); });
@@ -39,10 +36,10 @@ SHIM_PREFIX = "window.__shimStart = performance.now();\n"
 
 
 def _launch(playwright):
-    exe = shutil.which("chromium") or "/usr/bin/chromium"
+    exe = chromium_executable()
     if not os.access(exe, os.X_OK):
         raise Unavailable(f"chromium not found ({exe}); `make chromium` installs it")
-    return playwright.chromium.launch(executable_path=exe, args=ARGS)
+    return playwright.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
 
 
 def _page(browser, base: str, email: str):

@@ -71,6 +71,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Debian's chromium as the bench and the browser tests (tests/live.py) run it.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def chromium_executable() -> str:
+    """Where chromium is (check os.access before launching: `make chromium` installs it)."""
+    return shutil.which("chromium") or "/usr/bin/chromium"
+
+
 def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = None, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

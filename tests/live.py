@@ -1,14 +1,13 @@
 """A live app for browser tests: gunicorn serving a migrated, seeded SQLite database (with
 Redis as cache and Socket.IO queue when asked), which a test may stop and start again,
-plus Debian's chromium driven by Playwright.
+plus Debian's chromium driven by Playwright. Ports, HTTP sessions and chromium's flags are
+the bench's (bench/common.py), so both run the app the same way.
 """
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from bench.common import CHROMIUM_ARGS, chromium_executable, free_port, http
 from tests.conftest import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,22 +26,6 @@ INBOUND_TOKEN = "browser-token"
 PASSWORD = "demo-pass"
 TIMEOUT_MS = 5_000
 VIEWPORT = {"width": 1366, "height": 800}
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http() -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False  # never send loopback traffic through a proxy from the environment
-    return session
-
-
 class LiveServer:
     """gunicorn (gthread, like `make run`) on a fixed loopback port, restartable."""
 
@@ -128,7 +112,7 @@ class LiveServer:
 def launch_chromium(playwright):
     from playwright.sync_api import Error as PlaywrightError
 
-    executable = shutil.which("chromium") or "/usr/bin/chromium"
+    executable = chromium_executable()
     if not os.access(executable, os.X_OK):
         unavailable(f"chromium not found ({executable}); `make chromium` installs it")
     try:
