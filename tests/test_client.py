@@ -307,3 +307,47 @@ def test_a_graceful_stop_shows_the_banner_within_2s_and_it_clears_within_2s_of_t
         server.start()  # returns once the server answers
     expect(banner).to_be_hidden(timeout=2_000)
     connected(page)
+
+
+def test_a_live_update_at_the_top_of_a_long_list_keeps_the_new_row(open_page, server):
+    """A morph must not hand one element's htmx behaviour to another: the "Loading more…"
+    sentinel once became the new top row and swapped it for page 2 as soon as it was seen."""
+    from playwright.sync_api import expect
+
+    page = open_page()
+    log_in(page, "admin@example.com")
+    connected(page)
+    tab(page, "All").click()
+    rows = page.locator("#conversation-list li.row")
+    expect(rows).to_have_count(50)
+    expect(page.locator("#conversation-list li.more")).to_have_count(1)
+    server.inbound(phone=f"+55118{int(time.time() * 1000) % 10**8:08d}", name="Arrived At The Top",
+                   body="hello", external_id=f"top-{time.time()}")
+    expect(rows.first.locator(".name")).to_have_text("Arrived At The Top", timeout=LIVE_MS)
+    time.sleep(1)  # long enough for a stale "load more" to fire and swap
+    expect(rows.first.locator(".name")).to_have_text("Arrived At The Top")
+    expect(rows).to_have_count(50)
+
+
+def test_switching_conversations_never_acts_on_the_one_shown_before(open_page, server):
+    """Two pending conversations opened one after the other: Accept accepts the one on screen."""
+    from playwright.sync_api import expect
+
+    page = open_page()
+    log_in(page, "ana@example.com")
+    stamp = int(time.time() * 1000) % 10**7
+    first = server.inbound(phone=f"+551197{stamp:07d}", name="First Pending", body="one", external_id=f"p1-{stamp}")
+    second = server.inbound(phone=f"+551196{stamp:07d}", name="Second Pending", body="two", external_id=f"p2-{stamp}")
+    page.reload()
+    row(page, "First Pending").get_by_role("link").click()
+    pane = page.locator("#conversation-pane")
+    expect(pane.get_by_role("heading", name="First Pending")).to_be_visible()
+    row(page, "Second Pending").get_by_role("link").click()
+    expect(pane.get_by_role("heading", name="Second Pending")).to_be_visible()
+    posts = []
+    page.on("request", lambda r: r.method == "POST" and posts.append(r.url))
+    pane.get_by_role("button", name="Accept").click()
+    expect(pane.locator(".status")).to_have_text("active")
+    time.sleep(0.3)
+    assert [u for u in posts if "/accept" in u] == [f"{server.base}/conversations/{second}/accept"]
+    assert str(first) not in page.url
