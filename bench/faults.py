@@ -240,7 +240,7 @@ def run(ctx) -> dict:
         "writes": writes,
         "breaker": {"opens": float(opens.group(1)) if opens else None,
                     "skipped": float(skipped.group(1)) if skipped else None},
-        "timeline": [(round(r[0] - recorder.requests[0][0], 3), round(r[1], 1), r[2], p)
+        "_timeline": [(round(r[0] - recorder.requests[0][0], 3), round(r[1], 1), r[2], p)
                      for r, p in zip(recorder.requests, recorder.phase_of)],
     }
 
@@ -252,10 +252,10 @@ def chart(results: dict, path: Path) -> None:
     colours = {"warm": "#6b7280", "frozen": "#2563eb", "thawed": "#16a34a", "killed": "#dc2626",
                "restarted": "#d97706"}
     for phase, colour in colours.items():
-        points = [(t, ms) for t, ms, _status, p in results["timeline"] if p == phase]
+        points = [(t, ms) for t, ms, _status, p in results["_timeline"] if p == phase]
         if points:
             ax.scatter([t for t, _ in points], [ms for _, ms in points], s=4, color=colour, label=phase)
-    bad = [(t, ms) for t, ms, status, _p in results["timeline"] if status >= 500 or status == 0]
+    bad = [(t, ms) for t, ms, status, _p in results["_timeline"] if status >= 500 or status == 0]
     if bad:
         ax.scatter([t for t, _ in bad], [ms for _, ms in bad], s=30, marker="x", color="black", label="5xx / failed")
     ax.axhline(results["setup"]["goal_ms"], color="#dc2626", linestyle=":", label="goal: 1.5 s")

@@ -108,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         report["seconds"] = round(time.perf_counter() - started, 1)
         out = RESULTS / f"{name}.json"
+        # Keys starting with "_" feed the charts only (e.g. every request of the faults run).
+        for results in report["measurements"].values():
+            for key in [k for k in results if k.startswith("_")]:
+                del results[key]
         out.write_text(json.dumps(report, indent=2, default=str))
         if args.keep:
             print(f"work directory kept: {workdir}")
