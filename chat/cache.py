@@ -343,7 +343,13 @@ class SmartCache:
 
     def update_after_mutation(self, key: str, value: Any, patterns: Iterable[str],
                               ttl: str | int = "dynamic") -> None:
-        """Invalidate `patterns`, then write `value` through under the fresh generations."""
+        """Invalidate `patterns`, then write `value` through under the fresh generations.
+
+        The seed's write-through API, kept for callers outside a request's commit (a script
+        that rebuilds an entry it just computed). The product never needs it: invalidation
+        comes from the commit and the next read fills the entry with its tags in one fetch,
+        single-flight. An entry written here is guarded by its key's prefixes only, not by
+        tags, so use it only for keys that no tag names."""
         for pattern in patterns:
             self.invalidate(pattern)
         try:
