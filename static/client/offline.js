@@ -30,10 +30,13 @@
   // The newest snapshot of `path` with exactly these query parameters (paging aside).
   function snapshotFor(path, wanted) {
     var best = null;
-    store.snapshots().forEach(function (s) {
-      var url = s.slot.slice(s.slot.indexOf("|") + 1), key = s.slot.slice(0, s.slot.indexOf("|"));
+    store.slots().forEach(function (slot) {
+      var bar = slot.indexOf("|"), url = slot.slice(bar + 1);
       if (new URL(url, location.origin).pathname !== path || !sameParams(params(url), wanted)) { return; }
-      if (!best || s.record.at > best.record.at) { best = { key: key, url: url, record: s.record }; }
+      var record = store.snapshot(slot);
+      if (record && record.html && (!best || record.at > best.record.at)) {
+        best = { key: slot.slice(0, bar), url: url, record: record };
+      }
     });
     return best;
   }

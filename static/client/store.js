@@ -61,11 +61,10 @@ window.Inbox = window.Inbox || {};
   Inbox.agent = agent;
   Inbox.store = {
     snapshot: function (slot) { return read(slot); },
-    // Every snapshot as {slot, record}: the offline shell looks them up by URL.
-    snapshots: function () {
-      return keys(PREFIX).filter(function (k) { return !isWork(k); }).map(function (k) {
-        return { slot: k.slice(PREFIX.length), record: read(k.slice(PREFIX.length)) };
-      }).filter(function (s) { return s.record && s.record.html; });
+    // The slot ("<key>|<url>") of every snapshot: the offline shell looks them up by URL and
+    // reads only the ones that match (a long list's snapshot is large to parse).
+    slots: function () {
+      return keys(PREFIX).filter(function (k) { return !isWork(k); }).map(function (k) { return k.slice(PREFIX.length); });
     },
     saveSnapshot: function (slot, record) {
       if (write(slot, record)) {
