@@ -294,3 +294,17 @@ def test_load_more_rows_do_not_glow(open_page, server):
     }""")
     expect(rows).not_to_have_count(first_page)
     expect(page.locator("#conversation-list li.row.is-new")).to_have_count(0)
+
+
+def test_a_list_filled_after_the_page_loads_does_not_glow(open_page, server):
+    """A tab never saved as a snapshot arrives as a placeholder and is fetched after the page
+    loads: those rows were never on screen before, and none of them is news."""
+    from playwright.sync_api import expect
+
+    page = open_page(server)
+    log_in(page, "ana@example.com")
+    expect(page.locator("#conversation-list li.row").first).to_be_visible()  # snapshots saved
+    tab(page, "Closed").click()  # a tab this browser never saw: a placeholder, then a fetch
+    expect(page.locator("#conversation-list li.row").first).to_be_visible()
+    time.sleep(0.3)
+    assert page.locator("#conversation-list li.row.is-new").count() == 0

@@ -21,6 +21,9 @@
   }
 
   function remember() {
+    // A list still waiting for its first fetch (a placeholder) has shown the agent nothing:
+    // what fills it is not news.
+    if (document.querySelector("#conversation-list [data-placeholder]")) return;
     known = known || new Set();
     rows().forEach(function (row) { known.add(row.dataset.conversationId); });
   }
