@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from bench.common import CHROMIUM_ARGS, chromium_executable, free_port, http
-from tests.conftest import unavailable
+from tests.conftest import REDIS_URL, redis_client, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv running pytest; deliberately not resolved
@@ -107,6 +107,24 @@ class LiveServer:
                                headers={"Authorization": f"Bearer {INBOUND_TOKEN}"})
         assert response.status_code in (200, 201), response.text
         return response.json()["data"]["conversation_id"]
+
+
+def embedded_and_redis(name: str, seed: tuple[str, ...]):
+    """A module fixture: one LiveServer on the embedded default, then one with Redis as cache
+    and Socket.IO queue (its keys under a prefix of its own, deleted afterwards)."""
+
+    @pytest.fixture(scope="module", params=["embedded", "redis"])
+    def server(request, tmp_path_factory):
+        redis_url = None
+        if request.param == "redis":
+            redis_client()  # fails under CI=true, skips elsewhere, when Redis is missing
+            redis_url = REDIS_URL
+        live = LiveServer(tmp_path_factory.mktemp(f"{name}-{request.param}"), redis_url=redis_url, seed=seed)
+        live.start()
+        yield live
+        live.cleanup()
+
+    return server
 
 
 def launch_chromium(playwright):

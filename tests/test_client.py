@@ -13,25 +13,14 @@ import time
 
 import pytest
 
-from tests.conftest import REDIS_URL, redis_client
-from tests.live import LiveServer, log_in, new_page, row, tab
+from tests.live import embedded_and_redis, log_in, new_page, row, tab
 
 LIVE_MS = 2_000
 DRAFT = "Thanks for waiting, I am checking your order right now"
 
 
-@pytest.fixture(scope="module", params=["embedded", "redis"])
-def server(request, tmp_path_factory):
-    redis_url = None
-    if request.param == "redis":
-        redis_client()
-        redis_url = REDIS_URL
-    # 160 conversations: an admin's "All" tab holds four pages of 50.
-    live = LiveServer(tmp_path_factory.mktemp(f"client-{request.param}"), redis_url=redis_url,
-                      seed=("--agents", "3", "--conversations", "160", "--messages", "480"))
-    live.start()
-    yield live
-    live.cleanup()
+# 160 conversations: an admin's "All" tab holds four pages of 50.
+server = embedded_and_redis("client", seed=("--agents", "3", "--conversations", "160", "--messages", "480"))
 
 
 @pytest.fixture

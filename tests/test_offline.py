@@ -11,23 +11,12 @@ import time
 
 import pytest
 
-from tests.conftest import REDIS_URL, redis_client
-from tests.live import BIN, ROOT, LiveServer, log_in, new_page, row, tab
+from tests.live import BIN, ROOT, embedded_and_redis, log_in, new_page, row, tab
 
 OFFLINE_ERRORS = r"ERR_CONNECTION_REFUSED|ERR_CONNECTION_RESET|ERR_FAILED|Failed to load resource|WebSocket"
 
 
-@pytest.fixture(scope="module", params=["embedded", "redis"])
-def server(request, tmp_path_factory):
-    redis_url = None
-    if request.param == "redis":
-        redis_client()
-        redis_url = REDIS_URL
-    live = LiveServer(tmp_path_factory.mktemp(f"offline-{request.param}"), redis_url=redis_url,
-                      seed=("--agents", "3", "--conversations", "40", "--messages", "160"))
-    live.start()
-    yield live
-    live.cleanup()
+server = embedded_and_redis("offline", seed=("--agents", "3", "--conversations", "40", "--messages", "160"))
 
 
 @pytest.fixture

@@ -7,24 +7,13 @@ import time
 
 import pytest
 
-from tests.conftest import REDIS_URL, redis_client
-from tests.live import LiveServer, http, log_in, new_page, row
+from tests.live import embedded_and_redis, http, log_in, new_page, row
 
 FRAGMENTS = re.compile(r"/(inbox/list|inbox/counts|conversations/\d+)(\?|$|/messages)")
 LIVE_MS = 1_000  # "within a blink"
 
 
-@pytest.fixture(scope="module", params=["embedded", "redis"])
-def server(request, tmp_path_factory):
-    redis_url = None
-    if request.param == "redis":
-        redis_client()
-        redis_url = REDIS_URL
-    live = LiveServer(tmp_path_factory.mktemp(f"shim-{request.param}"), redis_url=redis_url,
-                      seed=("--agents", "3", "--conversations", "30", "--messages", "120"))
-    live.start()
-    yield live
-    live.cleanup()
+server = embedded_and_redis("shim", seed=("--agents", "3", "--conversations", "30", "--messages", "120"))
 
 
 @pytest.fixture
