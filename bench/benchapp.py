@@ -24,3 +24,4 @@ if os.environ.get("BENCH_UNCACHED") == "1":
     # Data reads, user lookups and rendered fragments alike: nothing is served from the cache.
     smart_cache.get_or_fetch = lambda key, fetch, *args, **kwargs: fetch()
     smart_cache.etag = lambda *args, **kwargs: None
+    smart_cache.lookup = lambda *args, **kwargs: None

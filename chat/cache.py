@@ -33,7 +33,7 @@ import secrets
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import redis
 from flask import Flask, current_app
@@ -235,6 +235,15 @@ def pattern_prefix(pattern: str) -> str:
     return prefix
 
 
+class Lookup(NamedTuple):
+    """What SmartCache.lookup read in its one round trip."""
+
+    etag: str  # the validator of the response
+    gens: tuple  # the generations it was computed from, read before any fetch
+    key: str | None  # the entry read with them, if any ...
+    entry: Any  # ... as stored: (generations, value), or None
+
+
 class SmartCache:
     def __init__(self) -> None:
         self._flask_cache = Cache()
@@ -304,33 +313,45 @@ class SmartCache:
             return fetch()
         names = self._guards(key, tags)
         try:
-            gens = self._generations(names)
-            entry = self.backend.get("v:" + key)
+            gens, entry = self._generations(names, "v:" + key)  # one round trip
         except Exception as exc:  # noqa: BLE001 - any backend failure means: serve from the database
             self._failed("read", key, exc)
             return fetch()
-        if entry is not None and entry[0] == gens:
-            metrics.record_hit(key)
-            log.debug("HIT %s", key)
-            return entry[1]
-        log.debug("MISS %s", key)
-        return self._fill(key, gens, fetch, self.ttl(ttl))
+        return self._serve(key, gens, entry, fetch, ttl)
 
-    def etag(self, keys: Iterable[str], tags: Iterable[str] = (), salt: str = "") -> str | None:
-        """A validator for a response built from `keys`: it changes exactly when one of them is
-        invalidated. One round trip, no database. None when the backend is down."""
-        names: list[str] = []
-        for key in keys:
-            names.extend(self._guards(key, ()))
-        names.extend("t:" + t for t in sorted(set(tags)))
-        names = list(dict.fromkeys(names))
+    def lookup(self, keys: Iterable[str], tags: Iterable[str] = (), salt: str = "",
+               entry: str | None = None) -> "Lookup | None":
+        """The ETag of a response built from `keys` and, when `entry` names a key, that entry as
+        stored under the same generations, in one round trip, no database (the caller then
+        serves it with get_or_fetch_looked_up). None when the backend is down."""
+        names = self._validator_names(keys, tags)
         try:
-            gens = self._generations(names)
+            if entry:
+                gens, value = self._generations(names, "v:" + entry)
+            else:
+                gens, value = self._generations(names), None
         except Exception as exc:  # noqa: BLE001
             self._failed("etag", ",".join(keys), exc)
             return None
         digest = hashlib.sha1(repr((salt, names, gens)).encode()).hexdigest()[:20]
-        return f'W/"{digest}"'
+        return Lookup(f'W/"{digest}"', gens, entry, value)
+
+    def get_or_fetch_looked_up(self, found: "Lookup | None", fetch: Callable[[], Any],
+                               ttl: str | int = "dynamic", bypass: bool = False) -> Any:
+        """The entry a lookup() read, if it is stored under the generations read with it; else
+        fetch() stored under those generations (read before the fetch: no stale set), single
+        flight. A lookup without an entry key, or none at all (backend down), just fetches."""
+        if bypass or found is None or found.key is None:
+            if bypass and found is not None and found.key:
+                metrics.record_bypass(found.key)
+            return fetch()
+        return self._serve(found.key, found.gens, found.entry, fetch, ttl)
+
+    def etag(self, keys: Iterable[str], tags: Iterable[str] = (), salt: str = "") -> str | None:
+        """A validator for a response built from `keys`: it changes exactly when one of them is
+        invalidated. One round trip, no database. None when the backend is down."""
+        found = self.lookup(keys, tags, salt)
+        return found.etag if found else None
 
 
     def invalidate(self, pattern: str) -> None:
@@ -366,19 +387,40 @@ class SmartCache:
     def _guards(self, key: str, tags: Iterable[str]) -> list[str]:
         return ["g:" + EPOCH] + ["g:" + p for p in prefixes(key)] + ["t:" + t for t in sorted(set(tags))]
 
-    def _generations(self, names: list[str]) -> tuple:
-        """Current stamps of `names` in one round trip; missing ones are born random."""
+    def _validator_names(self, keys: Iterable[str], tags: Iterable[str]) -> list[str]:
+        """The generations a response built from `keys` (and tags) depends on, epoch first; for
+        one key that is exactly its entry's guards."""
+        names: list[str] = []
+        for key in keys:
+            names.extend(self._guards(key, ()))
+        names.extend("t:" + t for t in sorted(set(tags)))
+        return list(dict.fromkeys(names))
+
+    def _serve(self, key: str, gens: tuple, entry: Any, fetch: Callable[[], Any], ttl: str | int) -> Any:
+        if entry is not None and entry[0] == gens:
+            metrics.record_hit(key)
+            log.debug("HIT %s", key)
+            return entry[1]
+        log.debug("MISS %s", key)
+        return self._fill(key, gens, fetch, self.ttl(ttl))
+
+    def _generations(self, names: list[str], entry: str | None = None):
+        """Current stamps of `names` in one round trip (one MGET); missing ones are born random.
+        With `entry` (a stored key), that entry is read in the same MGET: (stamps, entry)."""
         if self._degraded:
             self._recover()
-        values = self.backend.get_many(*names)
+        values = self.backend.get_many(*names, *([entry] if entry else []))
+        if entry:
+            values, value = values[:-1], values[-1]
         if any(v is None for v in values):
-            for name, value in zip(names, values):
-                if value is None:  # add: of concurrent births, one wins
+            for name, stamp in zip(names, values):
+                if stamp is None:  # add: of concurrent births, one wins
                     self.backend.add(name, _stamp(), timeout=self._generation_ttl())
             values = self.backend.get_many(*names)
             if any(v is None for v in values):  # a bounded in-process cache evicted it already
                 raise RuntimeError("generation could not be stored")
-        return tuple(values)
+            # An entry read next to a generation that was just born cannot match it anyway.
+        return (tuple(values), value) if entry else tuple(values)
 
     def _bump(self, name: str, what: str) -> None:
         metrics.record_invalidation()

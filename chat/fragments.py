@@ -214,11 +214,26 @@ def messages(conversation_id: int, before: int | None = None) -> dict:
 # -- serving ------------------------------------------------------------------------------------
 def meta(fragment: Fragment, viewer: Agent, args: dict) -> Meta:
     """The element's key, tags, ETag and URL: computed once per request."""
+    return _meta(fragment, viewer, args)[0]
+
+
+def _meta(fragment: Fragment, viewer: Agent, args: dict, rendered: bool = False) -> tuple[Meta, Any]:
+    """meta, and the lookup its ETag came from; rendered=True also reads, in that same round
+    trip, the fragment's HTML as cached for this URL and viewer."""
     key, tags = fragment.key(viewer, args), tuple(fragment.tags(viewer, args))
     shown = fragment.shows(viewer, args) if fragment.shows else [key]
-    return Meta(key=fragment.element_key(viewer, args) if fragment.element_key else key, tags=tags,
-                etag=reads.etag(viewer, shown, tags), url=url_for(fragment.endpoint, **fragment.url_args(args)),
-                data_key=key)
+    found = reads.lookup(viewer, shown, tags, entry=_rendered_key(viewer, shown, tags) if rendered else None)
+    m = Meta(key=fragment.element_key(viewer, args) if fragment.element_key else key, tags=tags,
+             etag=found.etag if found else None, url=url_for(fragment.endpoint, **fragment.url_args(args)),
+             data_key=key)
+    return m, found
+
+
+def _rendered_key(viewer: Agent, shown: list[str], tags: tuple[str, ...]) -> str:
+    """Where the HTML of this URL for this viewer is cached: guarded by the generations its ETag
+    is computed from, so it is current exactly while the ETag is."""
+    digest = hashlib.sha1(f"{request.full_path}|{reads.salt(viewer)}|{shown!r}|{tags!r}".encode()).hexdigest()[:24]
+    return f"{metrics.RENDERED}:{digest}"
 
 
 def context(fragment: Fragment, viewer: Agent, args: dict, from_snapshot: bool = False,
@@ -243,25 +258,32 @@ def serve(fragment: Fragment, args: dict) -> Response:
     viewer = current_user
     if fragment.visible and not fragment.visible(viewer, args):
         abort(404)
-    m = meta(fragment, viewer, args)
+    # One round trip: the ETag's generations and the cached HTML (unless the browser revalidates,
+    # where the answer is most likely a 304 that needs no HTML).
+    m, found = _meta(fragment, viewer, args, rendered=fragment.keep_html and not _if_none_match())
     more = bool(fragment.more_arg and args.get(fragment.more_arg))
     template = fragment.more_template if more else fragment.template
-    return respond(m.etag, lambda: render_template(template, **context(fragment, viewer, args, meta_=m)),
-                   keep_html=fragment.keep_html)
+    render = lambda: render_template(template, **context(fragment, viewer, args, meta_=m))  # noqa: E731
+    if m.etag and fragment.keep_html and (found is None or found.key is None) and m.etag not in _if_none_match():
+        # The browser's copy is stale: read the HTML now, with the generations again.
+        shown = fragment.shows(viewer, args) if fragment.shows else [m.data_key]
+        found = reads.lookup(viewer, shown, m.tags, entry=_rendered_key(viewer, shown, m.tags))
+        if found is None or found.etag != m.etag:
+            found = None  # invalidated meanwhile (or the backend went down): render what the meta says
+    return respond(m.etag, render, keep_html=fragment.keep_html, found=found)
 
 
-def respond(etag: str | None, render: Callable[[], str], keep_html: bool = True) -> Response:
+def respond(etag: str | None, render: Callable[[], str], keep_html: bool = True, found: Any = None) -> Response:
     """Answer 304 when the browser's copy carries the current ETag (no query, no render),
     otherwise send the fragment with its ETag so the next refresh can revalidate.
 
-    The ETag names the exact data and viewer, so the rendered HTML is cached under it too:
-    a hit neither queries nor renders."""
+    The ETag names the exact data and viewer, so the rendered HTML is cached with the same
+    generations (`found`: what meta read with the ETag): a hit neither queries nor renders."""
     if etag and etag in _if_none_match():
         response = Response(status=304)
         response.headers["X-Cache"] = "HIT"
-    elif etag and keep_html:
-        digest = hashlib.sha1(f"{request.full_path}|{etag}".encode()).hexdigest()[:24]
-        response = make_response(reads.read(f"{metrics.RENDERED}:{digest}", render))
+    elif etag and keep_html and found is not None and found.key:
+        response = make_response(reads.read_looked_up(found, render))
     else:
         response = make_response(render())
     if etag:

@@ -14,7 +14,7 @@ from flask import current_app
 from sqlalchemy import select
 
 from . import queries
-from .cache import smart_cache
+from .cache import Lookup, smart_cache
 from .extensions import db
 from .invalidation import has_pending_writes
 from .models import QuickReply, Tag, User, Viewer, hash_token
@@ -31,10 +31,25 @@ def read(key: str, fetch: Callable[[], Any], ttl: str = "dynamic", tags: Iterabl
                                     bypass=has_pending_writes(db.session))
 
 
+def salt(viewer: Viewer) -> str:
+    """What a response's validator names besides its data: this viewer and this release."""
+    return f"{current_app.config.get('RELEASE', '1')}:{viewer.id}"
+
+
 def etag(viewer: Viewer, keys: Iterable[str], tags: Iterable[str] = ()) -> str | None:
     """Validator of a response built from `keys`, for this viewer and this release."""
-    salt = f"{current_app.config.get('RELEASE', '1')}:{viewer.id}"
-    return smart_cache.etag(keys, tags, salt=salt)
+    return smart_cache.etag(keys, tags, salt=salt(viewer))
+
+
+def lookup(viewer: Viewer, keys: Iterable[str], tags: Iterable[str] = (), entry: str | None = None) -> Lookup | None:
+    """The validator of a response built from `keys` and, in the same round trip, the entry
+    `entry` as stored under the same generations (None when the backend is down)."""
+    return smart_cache.lookup(keys, tags, salt=salt(viewer), entry=entry)
+
+
+def read_looked_up(found: Lookup | None, fetch: Callable[[], Any], ttl: str = "dynamic") -> Any:
+    """The entry of a lookup, or fetch() stored under its generations; bypassed like read()."""
+    return smart_cache.get_or_fetch_looked_up(found, fetch, ttl=ttl, bypass=has_pending_writes(db.session))
 
 
 # -- slow-changing data ---------------------------------------------------------------------
