@@ -25,3 +25,4 @@ if os.environ.get("BENCH_UNCACHED") == "1":
     smart_cache.get_or_fetch = lambda key, fetch, *args, **kwargs: fetch()
     smart_cache.etag = lambda *args, **kwargs: None
     smart_cache.lookup = lambda *args, **kwargs: None
+    smart_cache.get_or_fetch_and_lookup = lambda key, fetch, *args, **kwargs: (fetch(), None)

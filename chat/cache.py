@@ -250,6 +250,7 @@ class SmartCache:
         self._locks: "weakref.WeakValueDictionary[str, threading.Lock]" = weakref.WeakValueDictionary()
         self._locks_guard = threading.Lock()
         self._degraded = False  # set when the backend failed; cleared by bumping the epoch
+        self._bumps = threading.local()  # invalidations made by each thread (invalidations_in_this_thread)
 
     # -- setup -----------------------------------------------------------------
     def init_app(self, app: Flask) -> None:
@@ -335,6 +336,34 @@ class SmartCache:
             return None
         digest = hashlib.sha1(repr((salt, names, gens)).encode()).hexdigest()[:20]
         return Lookup(f'W/"{digest}"', gens, entry, value)
+
+    def get_or_fetch_and_lookup(self, key: str, fetch: Callable[[], Any], ttl: str | int,
+                                keys: Iterable[str], tags: Iterable[str], salt: str,
+                                entry: str | None) -> "tuple[Any, Lookup | None]":
+        """get_or_fetch(key) and lookup(keys, tags, salt, entry) in one round trip: what a
+        request needs first (its viewer) and what it will most likely ask next. The lookup is
+        None when it could not be made in that trip (a generation had to be born, or the
+        backend is down); get_or_fetch's guarantees hold either way."""
+        names, other = self._guards(key, ()), self._validator_names(keys, tags)
+        extra = ["v:" + key] + (["v:" + entry] if entry else [])
+        try:
+            if self._degraded:
+                self._recover()
+            values = self.backend.get_many(*names, *other, *extra)
+        except Exception as exc:  # noqa: BLE001
+            self._failed("read", key, exc)
+            return fetch(), None
+        stamps = values[: len(names) + len(other)]
+        if any(v is None for v in stamps):
+            return self.get_or_fetch(key, fetch, ttl=ttl), None  # rare: generations are born first
+        gens, lgens = tuple(values[: len(names)]), tuple(values[len(names): len(names) + len(other)])
+        digest = hashlib.sha1(repr((salt, other, lgens)).encode()).hexdigest()[:20]
+        found = Lookup(f'W/"{digest}"', lgens, entry, values[-1] if entry else None)
+        return self._serve(key, gens, values[len(stamps)], fetch, ttl), found
+
+    def invalidations_in_this_thread(self) -> int:
+        """How many invalidations this thread has made: a lookup read before one is not used after it."""
+        return getattr(self._bumps, "count", 0)
 
     def get_or_fetch_looked_up(self, found: "Lookup | None", fetch: Callable[[], Any],
                                ttl: str | int = "dynamic", bypass: bool = False) -> Any:
@@ -423,6 +452,7 @@ class SmartCache:
         return (tuple(values), value) if entry else tuple(values)
 
     def _bump(self, name: str, what: str) -> None:
+        self._bumps.count = getattr(self._bumps, "count", 0) + 1
         metrics.record_invalidation()
         try:
             if self._degraded:
@@ -446,6 +476,7 @@ class SmartCache:
         # Cleared before the write: a write lost by another thread meanwhile sets it again and
         # moves the epoch once more, rather than being wiped out by this thread's clear.
         self._degraded = False
+        self._bumps.count = getattr(self._bumps, "count", 0) + 1  # a new epoch, like an invalidation
         try:
             self.backend.set("g:" + EPOCH, _stamp(), timeout=self._generation_ttl())
         except Exception:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Callable, Iterable
 
-from flask import current_app
+from flask import current_app, g, has_request_context, request
 from sqlalchemy import select
 
 from . import queries
@@ -33,7 +33,11 @@ def read(key: str, fetch: Callable[[], Any], ttl: str = "dynamic", tags: Iterabl
 
 def salt(viewer: Viewer) -> str:
     """What a response's validator names besides its data: this viewer and this release."""
-    return f"{current_app.config.get('RELEASE', '1')}:{viewer.id}"
+    return _salt(viewer.id)
+
+
+def _salt(user_id: int) -> str:
+    return f"{current_app.config.get('RELEASE', '1')}:{user_id}"
 
 
 def etag(viewer: Viewer, keys: Iterable[str], tags: Iterable[str] = ()) -> str | None:
@@ -43,7 +47,20 @@ def etag(viewer: Viewer, keys: Iterable[str], tags: Iterable[str] = ()) -> str |
 
 def lookup(viewer: Viewer, keys: Iterable[str], tags: Iterable[str] = (), entry: str | None = None) -> Lookup | None:
     """The validator of a response built from `keys` and, in the same round trip, the entry
-    `entry` as stored under the same generations (None when the backend is down)."""
+    `entry` as stored under the same generations (None when the backend is down).
+
+    Remembered per viewer and URL, so that the viewer's next request for this URL reads it in
+    the same round trip as the viewer itself (see viewer())."""
+    keys, tags = tuple(keys), tuple(tags)
+    plan = (keys, tags, entry)
+    if has_request_context() and request.method == "GET":
+        plans = _plans()
+        if len(plans) >= MAX_PLANS:
+            plans.clear()
+        plans[_plan_key(viewer.id)] = plan
+        ahead = g.pop("cache_lookup_ahead", None)
+        if ahead and ahead[0] == (viewer.id, plan) and ahead[1] == smart_cache.invalidations_in_this_thread():
+            return ahead[2]  # read with the viewer, at the start of this request
     return smart_cache.lookup(keys, tags, salt=salt(viewer), entry=entry)
 
 
@@ -90,8 +107,27 @@ def viewer(user_id: int) -> Viewer | None:
         user = db.session.get(User, user_id)
         return Viewer.of(user).as_dict() if user else None
 
-    data = read(f"user:{user_id}", fetch, ttl="moderate")
+    plan = _plans().get(_plan_key(user_id)) if has_request_context() and request.method == "GET" else None
+    if plan is None or has_pending_writes(db.session):
+        data = read(f"user:{user_id}", fetch, ttl="moderate")
+    else:  # what this viewer's last request for this URL looked up, in the same round trip
+        data, found = smart_cache.get_or_fetch_and_lookup(f"user:{user_id}", fetch, "moderate", *plan[:2],
+                                                          salt=_salt(user_id), entry=plan[2])
+        if found is not None:
+            g.cache_lookup_ahead = ((user_id, plan), smart_cache.invalidations_in_this_thread(), found)
     return Viewer.from_dict(data) if data else None
+
+
+MAX_PLANS = 10_000  # (viewer, URL) pairs remembered per process
+
+
+def _plans() -> dict[tuple, tuple]:
+    """(viewer, URL, revalidating) -> what its last request looked up, for this app."""
+    return current_app.extensions.setdefault("cache_read_ahead", {})
+
+
+def _plan_key(user_id: int) -> tuple:
+    return (user_id, request.full_path, bool(request.headers.get("If-None-Match")))
 
 
 def viewer_by_token(token: str) -> Viewer | None:

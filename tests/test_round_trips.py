@@ -53,9 +53,9 @@ def cache_trips(trips: list[list[str]]) -> list[list[str]]:
     return [t for t in trips if t != ["EVALSHA"]]
 
 
-def test_list_hit_and_304_cost_one_round_trip_beyond_the_viewer(redis_app, world, round_trips):
-    """A list hit: the viewer (its generations and entry in one MGET), then the ETag's
-    generations and the rendered HTML in one MGET. A 304: the same two, without rendering."""
+def test_list_hit_and_304_cost_one_round_trip(redis_app, world, round_trips):
+    """A list hit is one MGET: the viewer's generations and entry, the ETag's generations and
+    the rendered HTML (what this viewer's last request for this URL looked up). A 304 too."""
     from tests.conftest import Agent
 
     ana = Agent(redis_app.test_client())
@@ -67,11 +67,39 @@ def test_list_hit_and_304_cost_one_round_trip_beyond_the_viewer(redis_app, world
         hit = ana.get(url, htmx=True)
     assert hit.status_code == 200 and hit.headers["X-Cache"] == "HIT"
     assert hit.get_data() == first.get_data()
+    assert trips == [["MGET"]], trips
+    revalidate = {"If-None-Match": hit.headers["ETag"]}
+    with round_trips() as trips:  # the first revalidation of this URL: the viewer, then the ETag
+        assert ana.get(url, htmx=True, headers=revalidate).status_code == 304
     assert trips == [["MGET"], ["MGET"]], trips
     with round_trips() as trips:
-        revalidated = ana.get(url, htmx=True, headers={"If-None-Match": hit.headers["ETag"]})
-    assert revalidated.status_code == 304
-    assert trips == [["MGET"], ["MGET"]], trips
+        assert ana.get(url, htmx=True, headers=revalidate).status_code == 304
+    assert trips == [["MGET"]], trips
+
+
+def test_read_ahead_never_serves_what_a_commit_changed(redis_app, world, round_trips):
+    """The ETag and HTML read with the viewer are the current ones: after a commit the next
+    request sees it (new ETag, new HTML) in its one round trip."""
+    from chat.extensions import db
+    from chat.models import Conversation
+    from tests.conftest import Agent
+
+    ana = Agent(redis_app.test_client())
+    assert ana.login("ana@example.com").status_code == 302
+    url = "/inbox/list?tab=pending"
+    ana.get(url, htmx=True)
+    before = ana.get(url, htmx=True)
+    assert "Paula Pending" in before.get_data(as_text=True)
+    with redis_app.app_context():
+        db.session.get(Conversation, world.pending_support).contact.name = "Paula Renamed"
+        db.session.commit()
+    stale = ana.get(url, htmx=True, headers={"If-None-Match": before.headers["ETag"]})
+    assert stale.status_code == 200 and stale.headers["ETag"] != before.headers["ETag"]
+    assert "Paula Renamed" in stale.get_data(as_text=True)
+    with round_trips() as trips:
+        after = ana.get(url, htmx=True)
+    assert "Paula Renamed" in after.get_data(as_text=True) and after.headers["ETag"] == stale.headers["ETag"]
+    assert len(trips) >= 1
 
 
 def test_api_hit_costs_one_round_trip_beyond_the_viewer(redis_app, world, round_trips):
