@@ -124,22 +124,8 @@ def run(ctx) -> dict:
         live = []
         for n in range(repeats):
             body = f"bench live {uuid.uuid4().hex[:8]}"
-            bruno.evaluate("""(body) => {
-                window.__seen = null;
-                const observer = new MutationObserver(() => {
-                    const list = document.querySelector('#conversation-list');
-                    if (list && list.textContent.includes(body)) { window.__seen = Date.now(); observer.disconnect(); }
-                });
-                observer.observe(document.body, {childList: true, subtree: true, characterData: true});
-            }""", body)
-            t0 = time.time() * 1000
-            response = session.post(server.base + "/api/inbound", timeout=10,
-                                    json={"phone": f"+55118{uuid.uuid4().int % 10**8:08d}", "body": body},
-                                    headers={"Authorization": f"Bearer {INBOUND_TOKEN}"})
-            if response.status_code not in (200, 201):
-                raise RuntimeError(f"inbound answered {response.status_code}")
-            bruno.wait_for_function("() => window.__seen !== null", timeout=10_000)
-            live.append(round(bruno.evaluate("() => window.__seen") - t0, 1))
+            live.append(_inbound_until_listed(bruno, session, server.base, body,
+                                              phone=f"+55118{uuid.uuid4().int % 10**8:08d}", body=body))
             time.sleep(0.3)
         results["live_update"] = {"runs_ms": live, "p50_ms": round(percentile(live, 50), 1),
                                   "max_ms": max(live)}
@@ -185,6 +171,26 @@ def _offline(page, server, ctx, database, repeats: int) -> dict:
             "queued_reply_delivered_after_ms": delivered_ms}
 
 
+def _inbound_until_listed(page, session, base: str, text: str, **message) -> float:
+    """POST a contact's message to the webhook; ms until `text` shows in the page's list (a
+    MutationObserver in the page; both clocks are this machine's wall clock)."""
+    page.evaluate("""(text) => {
+        window.__seen = null;
+        const observer = new MutationObserver(() => {
+            const list = document.querySelector('#conversation-list');
+            if (list && list.textContent.includes(text)) { window.__seen = Date.now(); observer.disconnect(); }
+        });
+        observer.observe(document.body, {childList: true, subtree: true, characterData: true});
+    }""", text)
+    t0 = time.time() * 1000
+    response = session.post(base + "/api/inbound", timeout=10, json=message,
+                            headers={"Authorization": f"Bearer {INBOUND_TOKEN}"})
+    if response.status_code not in (200, 201):
+        raise RuntimeError(f"inbound answered {response.status_code}")
+    page.wait_for_function("() => window.__seen !== null", timeout=10_000)
+    return round(page.evaluate("() => window.__seen") - t0, 1)
+
+
 def _long_list_update(page, session, base: str, repeats: int, loaded: int = 200) -> dict:
     """A live update on a list the agent scrolled through: time, rows and scroll kept."""
     page.goto("/inbox?tab=all")
@@ -202,25 +208,12 @@ def _long_list_update(page, session, base: str, repeats: int, loaded: int = 200)
         before = page.evaluate("""() => ({rows: document.querySelectorAll('#conversation-list li.row').length,
                                           top: document.querySelector('#conversation-list').scrollTop})""")
         name = f"Long list {uuid.uuid4().hex[:8]}"
-        page.evaluate("""(name) => {
-            window.__seen = null;
-            const observer = new MutationObserver(() => {
-                const list = document.querySelector('#conversation-list');
-                if (list && list.textContent.includes(name)) { window.__seen = Date.now(); observer.disconnect(); }
-            });
-            observer.observe(document.body, {childList: true, subtree: true, characterData: true});
-        }""", name)
-        t0 = time.time() * 1000
-        response = session.post(base + "/api/inbound", timeout=10, headers={"Authorization": f"Bearer {INBOUND_TOKEN}"},
-                                json={"phone": f"+55117{uuid.uuid4().int % 10**8:08d}", "name": name, "body": "hi"})
-        if response.status_code not in (200, 201):
-            raise RuntimeError(f"inbound answered {response.status_code}")
-        page.wait_for_function("() => window.__seen !== null", timeout=10_000)
-        seen = page.evaluate("() => window.__seen")
+        ms = _inbound_until_listed(page, session, base, name,
+                                   phone=f"+55117{uuid.uuid4().int % 10**8:08d}", name=name, body="hi")
         time.sleep(0.3)  # let the swap settle before reading the place
         after = page.evaluate("""() => ({rows: document.querySelectorAll('#conversation-list li.row').length,
                                          top: document.querySelector('#conversation-list').scrollTop})""")
-        runs.append({"ms": round(seen - t0, 1), "rows_before": before["rows"], "rows_after": after["rows"],
+        runs.append({"ms": ms, "rows_before": before["rows"], "rows_after": after["rows"],
                      "scroll_moved_px": round(abs(after["top"] - before["top"]), 1)})
     return {"loaded_rows": runs[0]["rows_before"], "runs": runs,
             "p50_ms": round(percentile([r["ms"] for r in runs], 50), 1),
