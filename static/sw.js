@@ -34,6 +34,15 @@ self.addEventListener("activate", function (event) {
   }).then(function () { return self.clients.claim(); }));
 });
 
+// Opened once per worker start: a page load asks for a dozen shell files at once.
+var shellCachePromise = null;
+function shellCache() {
+  if (!shellCachePromise) {
+    shellCachePromise = caches.open(SHELL_CACHE).catch(function (err) { shellCachePromise = null; throw err; });
+  }
+  return shellCachePromise;
+}
+
 function currentAgent() {
   return caches.open(META).then(function (meta) { return meta.match(CURRENT); })
     .then(function (hit) { return hit ? hit.text() : null; });
@@ -122,12 +131,12 @@ self.addEventListener("fetch", function (event) {
     return;
   }
   if (SHELL.indexOf(url.pathname + url.search) !== -1) {  // this release's shell: from the cache, else the network
-    event.respondWith(caches.open(SHELL_CACHE).then(function (cache) {
+    event.respondWith(shellCache().then(function (cache) {
       return cache.match(request).then(function (hit) { return hit || fetch(request); });
     }));
   } else if (url.pathname.indexOf("/static/") === 0) {  // e.g. the offline page's stylesheet
     event.respondWith(fetch(request).catch(function () {
-      return caches.open(SHELL_CACHE).then(function (cache) { return cache.match(request, { ignoreSearch: true }); })
+      return shellCache().then(function (cache) { return cache.match(request, { ignoreSearch: true }); })
         .then(function (hit) { return hit || Response.error(); });
     }));
   }

@@ -73,6 +73,39 @@ def visit_mine_and_open_first(page):
     return name, pane
 
 
+def test_an_offline_reload_paints_once_and_asks_the_server_only_once_it_is_back(open_page, server):
+    """Served by the worker, the page paints its snapshots once and sends no fragment request
+    that can only fail; when the server answers again, every fragment revalidates."""
+    from playwright.sync_api import expect
+
+    page = open_page()
+    log_in(page, "ana@example.com")
+    controlled(page)
+    page.reload()
+    name, _ = visit_mine_and_open_first(page)
+    time.sleep(0.3)
+    page.context.add_init_script(
+        "window.__paints = 0; document.addEventListener('inbox:painted', () => { window.__paints += 1; });")
+    fragment_requests = []
+    page.on("request", lambda r: fragment_requests.append(r.url) if r.headers.get("hx-request") else None)
+
+    server.stop()
+    page.reload()
+    expect(page.locator("#offline-banner")).to_be_visible(timeout=10_000)
+    expect(page.locator("#conversation-pane").get_by_role("heading", name=name)).to_be_visible()
+    time.sleep(1.0)  # time for a refresh to be tried, fail and paint again, as it once did
+    assert page.evaluate("() => window.__paints") == 1
+    assert fragment_requests == []
+
+    server.start()
+    expect(page.locator("#offline-banner")).to_be_hidden(timeout=10_000)
+    deadline = time.monotonic() + 10
+    while not any("/inbox/list" in url for url in fragment_requests) and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    assert any("/inbox/list" in url for url in fragment_requests), fragment_requests
+    expect(page.locator("#conversation-list li.row").first).to_be_visible()
+
+
 def test_reading_offline_pages_tabs_and_conversations_seen_before(open_page, server):
     from playwright.sync_api import expect
 

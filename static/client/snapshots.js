@@ -66,6 +66,13 @@
       if (!snapshot || !current || snapshot.etag !== current) { stale.push(el); }
     });
     document.dispatchEvent(new CustomEvent("inbox:painted"));
+    if (document.body.dataset.offlineFrom) {
+      // A page the service worker kept: the server was just unreachable. Asking now would only
+      // fail (and paint the same snapshots again); live.js revalidates every fragment as soon as
+      // the server answers.
+      if (Inbox.live) { Inbox.live.probe(); }
+      return;
+    }
     outermost(stale).forEach(refresh);
   }
 
