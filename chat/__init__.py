@@ -20,7 +20,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         template_folder=str(ROOT / "templates"),
         static_folder=str(ROOT / "static"),
     )
-    from .config import Config, normalise_database_url
+    from .config import Config, check_redis_url, normalise_database_url
 
     app.config.from_object(Config)
     if config is None:
@@ -33,6 +33,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["INBOUND_TOKEN"] = app.config["INBOUND_TOKEN"] or _instance_secret(app, "inbound_token")
     uri = app.config.get("SQLALCHEMY_DATABASE_URI") or f"sqlite:///{Path(app.instance_path) / 'chat.db'}"
     app.config["SQLALCHEMY_DATABASE_URI"] = normalise_database_url(uri)
+    app.config["REDIS_URL"] = check_redis_url(app.config.get("REDIS_URL"))  # a bad one stops here, said plainly
 
     from . import auth, admin, api, cli, inbox, invalidation, observability, offline, push, web
     from . import contacts, dashboard, throttle

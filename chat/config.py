@@ -1,5 +1,7 @@
 """Settings read from the environment with safe defaults; tests pass a mapping instead."""
 import os
+import urllib.parse
+from typing import NamedTuple
 
 
 def _flag(name: str) -> bool:
@@ -11,6 +13,7 @@ class Config:
     SQLALCHEMY_DATABASE_URI = os.environ.get("DATABASE_URL")  # None: SQLite in instance/
     SQLALCHEMY_ENGINE_OPTIONS: dict = {"pool_pre_ping": True}
     INBOUND_TOKEN = os.environ.get("INBOUND_TOKEN")  # None: generated once into instance/
+    # redis://host:6379/0, or a Redis Cluster: redis+cluster://host1:port1,host2:port2 (check_redis_url)
     REDIS_URL = os.environ.get("REDIS_URL")
     # Several deployments may share one Redis: keys and Socket.IO events stay apart by these.
     CACHE_KEY_PREFIX = os.environ.get("CACHE_KEY_PREFIX", "chat:")
@@ -52,3 +55,62 @@ def normalise_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
     return url
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+CLUSTER_SCHEME = "redis+cluster://"  # the scheme Flask-Limiter's storage (limits) reads too
+
+
+class RedisClusterURL(NamedTuple):
+    """What REDIS_URL=redis+cluster://[[user]:password@]host:port,host:port names."""
+
+    nodes: tuple[tuple[str, int], ...]  # where to start: any of them tells the client the whole cluster
+    username: str | None
+    password: str | None
+
+
+def is_cluster_url(url: str | None) -> bool:
+    return bool(url) and url.lower().startswith(CLUSTER_SCHEME)
+
+
+def check_redis_url(url: str | None) -> str | None:
+    """REDIS_URL as given, or a ValueError that says what is wrong with it (at startup, before
+    any client tries it)."""
+    if not url:
+        return None
+    if is_cluster_url(url):
+        parse_redis_cluster_url(url)
+    elif not url.lower().startswith(REDIS_SCHEMES):
+        raise ValueError(f"REDIS_URL {_without_password(url)!r}: use redis://, rediss://, unix:// "
+                         f"or, for a Redis Cluster, {CLUSTER_SCHEME}host1:port1,host2:port2")
+    return url
+
+
+def parse_redis_cluster_url(url: str) -> RedisClusterURL:
+    """redis+cluster://[[user]:password@]host1:port1,host2:port2[/0] -> its nodes and credentials."""
+    shown = _without_password(url)
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.query or parsed.fragment:
+        raise ValueError(f"REDIS_URL {shown!r}: a Redis Cluster URL takes no options after '?' or '#'")
+    if parsed.path not in ("", "/", "/0"):
+        raise ValueError(f"REDIS_URL {shown!r}: a Redis Cluster has database 0 only")
+    hosts = parsed.netloc.rpartition("@")[2]
+    nodes = []
+    for location in hosts.split(","):
+        host, _, port = location.strip().rpartition(":")
+        host = host.strip("[]")  # [::1]:7000
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"REDIS_URL {shown!r}: name each node as host:port, comma-separated, "
+                             f"as in {CLUSTER_SCHEME}10.0.0.1:7000,10.0.0.2:7000 (got {location.strip()!r})")
+        nodes.append((host, int(port)))
+    return RedisClusterURL(tuple(nodes), urllib.parse.unquote(parsed.username) if parsed.username else None,
+                           urllib.parse.unquote(parsed.password) if parsed.password else None)
+
+
+def _without_password(url: str) -> str:
+    """The URL fit for an error message or a log line."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, hosts = rest.rpartition("@")
+    if at and ":" in credentials:
+        credentials = credentials.split(":", 1)[0] + ":***"
+    return scheme + sep + credentials + at + hosts
