@@ -24,6 +24,16 @@ Redis is skipped for 0.5 s, doubling up to 15 s, then one request at a time prob
 (half-open). A skipped call raises CircuitOpen at once, which the callers already treat as
 "Redis is down": here it serves from the database and marks the cache degraded, so the epoch
 bump on recovery stands in for the invalidations that were skipped.
+
+Redis Cluster (REDIS_URL=redis+cluster://host1:port1,host2:port2): a hit reads the generations
+and the entry in one MGET, and a cluster runs a multi-key command only when every key is in
+one hash slot. So on a cluster every key of this cache (entries, generations, the epoch, fill
+locks) carries one hash tag, the key prefix in braces (`chat:` becomes `{chat:}`; a prefix that
+already holds a `{tag}` keeps it), and lives in one slot. The trade-off: the whole cache lives
+on one master (and its replicas). The cluster brings failover and room for everything else, not
+a cache spread over masters; splitting the keys per slot would cost a round trip per slot on
+every hit and the atomic read of a hit's generations with its entry. Deployments that share a
+cluster each have their own CACHE_KEY_PREFIX, hence their own tag, slot and likely master.
 """
 from __future__ import annotations
 
@@ -38,10 +48,13 @@ from typing import Any, Callable, Iterable, NamedTuple
 import redis
 from flask import Flask, current_app
 from flask_caching import Cache
+from flask_caching.backends.rediscache import RedisCache
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
 from . import metrics
+from .config import is_cluster_url, parse_redis_cluster_url
 
 log = logging.getLogger("chat.cache")
 
@@ -203,12 +216,68 @@ def redis_options(url: str = "redis://", timeout: float | None = None) -> dict:
     """Keyword arguments for every Redis client of the app (redis.Redis.from_url and what
     Flask-Caching and Flask-Limiter pass on to it): short timeouts, no retries (redis-py
     retries 10 times by default: seconds per call on a frozen server), and the breaker on
-    plain TCP (redis://; rediss:// and unix:// keep their own connection classes)."""
+    plain TCP (redis:// and each node of a redis+cluster://; rediss:// and unix:// keep their
+    own connection classes). For a cluster client `retry` is the cluster-level one (its nodes'
+    connections never retry)."""
     timeout = REDIS_TIMEOUT if timeout is None else timeout
     options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": Retry(NoBackoff(), 0)}
-    if url.startswith("redis://"):
+    if url.startswith("redis://") or is_cluster_url(url):
         options["connection_class"] = GuardedConnection
     return options
+
+
+class GuardedCluster(RedisCluster):
+    """redis-py's cluster client, asking the breaker of the node a command goes to before
+    sending it. redis-py rediscovers the cluster (CLUSTER SLOTS, and drops pooled connections)
+    after every connection error; a call that the breaker skips fails here instead, before
+    that, so a frozen or dead node costs one rediscovery per breaker opening, not one per call."""
+
+    def _execute_command(self, target_node, *args, **kwargs):
+        breaker = breaker_for(target_node.host, target_node.port)
+        if not breaker.allow():
+            raise CircuitOpen(f"redis {breaker.name} is being skipped (circuit open)")
+        return super()._execute_command(target_node, *args, **kwargs)
+
+
+def cluster_options(url: str) -> dict:
+    """Keyword arguments of a redis-py RedisCluster (ours, or the one Flask-Limiter's storage
+    builds) for a redis+cluster:// URL, with redis_options(). The first node goes in as `url`:
+    only then does redis-py build each node's connection pool from the keyword arguments,
+    connection_class (the breaker) included."""
+    target = parse_redis_cluster_url(url)
+    (host, port), *others = target.nodes
+    return {"url": f"redis://{f'[{host}]' if ':' in host else host}:{port}",
+            "startup_nodes": [ClusterNode(h, p) for h, p in others],
+            "username": target.username, "password": target.password, **redis_options(url)}
+
+
+def redis_client(url: str, **options) -> "redis.Redis | GuardedCluster":
+    """A client for a REDIS_URL with redis_options(): redis.Redis, or a GuardedCluster for
+    redis+cluster://host:port,host:port (it reads the cluster's layout from the first node
+    that answers)."""
+    if is_cluster_url(url):
+        return GuardedCluster(**cluster_options(url), **options)
+    return redis.Redis.from_url(url, **redis_options(url), **options)
+
+
+def hash_tagged(prefix: str) -> str:
+    """The key prefix of a cache on a Redis Cluster: one hash tag, so every key is in one slot.
+    `chat:` -> `{chat:}`; a prefix that already holds a non-empty `{tag}` is kept."""
+    start = prefix.find("{")
+    if start != -1 and prefix.find("}", start) > start + 1:
+        return prefix
+    if not prefix:
+        raise ValueError("CACHE_KEY_PREFIX may not be empty on a Redis Cluster: it is the cache's hash tag")
+    return "{" + prefix + "}"
+
+
+class ClusterCache(RedisCache):
+    """Flask-Caching's Redis backend over a GuardedCluster, every key under one hash tag."""
+
+    @classmethod
+    def factory(cls, app: Flask, config: dict, args: list, kwargs: dict) -> "ClusterCache":
+        return cls(redis_client(config["CACHE_REDIS_URL"]), key_prefix=hash_tagged(config["CACHE_KEY_PREFIX"]),
+                   default_timeout=kwargs.get("default_timeout", 300))
 
 
 def _stamp() -> str:
@@ -256,7 +325,9 @@ class SmartCache:
     def init_app(self, app: Flask) -> None:
         config = {k: v for k, v in app.config.items() if k.startswith("CACHE_")}
         if "CACHE_TYPE" not in config:
-            if app.config.get("REDIS_URL"):
+            if is_cluster_url(app.config.get("REDIS_URL")):
+                config.update(CACHE_TYPE="chat.cache.ClusterCache", CACHE_REDIS_URL=app.config["REDIS_URL"])
+            elif app.config.get("REDIS_URL"):
                 config.update(CACHE_TYPE="RedisCache", CACHE_REDIS_URL=app.config["REDIS_URL"])
             else:
                 config.update(CACHE_TYPE="SimpleCache")
@@ -282,10 +353,19 @@ class SmartCache:
         """The breaker of this app's cache Redis (None for the in-process backend)."""
         if not self.is_redis:
             return None
+        if node := self.cluster_node():
+            return breaker_for(node.host, node.port)
         kwargs = self.backend._write_client.connection_pool.connection_kwargs
         if kwargs.get("path"):
             return None  # a unix socket: plain connections, no breaker
         return breaker_for(kwargs.get("host", "localhost"), kwargs.get("port", 6379))
+
+    def cluster_node(self) -> ClusterNode | None:
+        """On a Redis Cluster, the master that holds this cache's slot (its hash tag); else None."""
+        client = getattr(self.backend, "_write_client", None)
+        if not isinstance(client, RedisCluster):
+            return None
+        return client.get_node_from_key(self.backend._get_prefix())
 
     def ttl(self, ttl: str | int) -> int:
         if isinstance(ttl, int):

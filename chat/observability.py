@@ -70,6 +70,13 @@ def prometheus_metrics():
 def backend_info() -> dict:
     """Which backend this app uses, fit to print: never a password."""
     backend = smart_cache.backend
+    if node := smart_cache.cluster_node():
+        # Every key of the cache is on this master (one hash tag): its client counts and measures them.
+        client = backend._write_client
+        masters = len(client.get_primaries())
+        return {"kind": "redis", "where": node.name, "prefix": backend._get_prefix(),
+                "label": f"Redis Cluster of {masters} masters, this cache on {node.name}",
+                "client": client.get_redis_connection(node)}
     if smart_cache.is_redis:
         conn = backend._write_client.connection_pool.connection_kwargs
         where = (f"unix:{conn['path']}" if conn.get("path")
