@@ -7,7 +7,9 @@ stale for which room; each room gets one `data:updated` event naming them. The e
 a hint (Socket.IO delivers at most once): browsers revalidate on reconnect.
 
 With REDIS_URL set, Redis is the message queue, so an event raised in any process (a web
-worker, the inbound webhook, a CLI command) reaches browsers connected to any other.
+worker, the inbound webhook, a CLI command) reaches browsers connected to any other. On a
+Redis Cluster (redis+cluster://) a PUBLISH to any node reaches subscribers on every node, so
+each process listens on one node and publishes through the cluster client.
 
 Signing out ends the agent's session everywhere: after the commit that moves the agent's
 session version on, `end_sessions` sends `session:ended` to the agent's room and disconnects
@@ -31,7 +33,8 @@ from flask_login import current_user
 from flask_socketio import ConnectionRefusedError, SocketIO, join_room
 from flask_socketio import rooms as joined_rooms
 
-from .cache import redis_options
+from .cache import redis_client
+from .config import CLUSTER_SCHEME, is_cluster_url, parse_redis_cluster_url
 
 from .visibility import rooms_for
 
@@ -56,10 +59,35 @@ class QueueManager(python_socketio.RedisManager):
     def __init__(self, url: str, channel: str) -> None:
         listen = {"socket_connect_timeout": 1.0, "socket_keepalive": True, "health_check_interval": 30}
         super().__init__(url, channel=channel, redis_options=listen)
-        self._publisher = redis.Redis.from_url(url, **redis_options(url))
+        self._publisher = redis_client(url)
+        self._listen_turn = 0  # on a cluster: which node the listener (re)connects to next
 
     def _publish(self, data):
-        return self._publisher.publish(self.channel, self.json.dumps(data))
+        if not is_cluster_url(self.redis_url):
+            return self._publisher.publish(self.channel, self.json.dumps(data))
+        # Any master spreads a PUBLISH to the whole cluster: the first one that answers (a node
+        # whose breaker is open fails at once, so a frozen one costs one timeout per opening).
+        failed: redis.RedisError | None = None
+        for node in self._publisher.get_primaries():
+            try:
+                return self._publisher.publish(self.channel, self.json.dumps(data), target_nodes=node)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                failed = exc
+        raise failed or redis.ConnectionError("no master of the Redis Cluster is known")
+
+    def _redis_connect(self):
+        """On a Redis Cluster, subscribe on one of its nodes (any one hears every PUBLISH), the
+        next one after each failure, so a dead node only moves the listener."""
+        if not is_cluster_url(self.redis_url):
+            return super()._redis_connect()
+        nodes = self._publisher.get_nodes()
+        node = nodes[self._listen_turn % len(nodes)]
+        self._listen_turn += 1
+        target = parse_redis_cluster_url(self.redis_url)
+        self.redis = redis.Redis(host=node.host, port=node.port, username=target.username,
+                                 password=target.password, **self.redis_options)
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.connected = True
 
 
 class Publisher:
@@ -112,7 +140,7 @@ def init_app(app: Flask) -> None:
     queue = app.config["SOCKETIO_MESSAGE_QUEUE"] if "SOCKETIO_MESSAGE_QUEUE" in app.config \
         else app.config.get("REDIS_URL")
     channel = app.config.get("SOCKETIO_CHANNEL", "chat-socketio")
-    on_redis = bool(queue) and queue.startswith(("redis://", "rediss://", "unix://"))
+    on_redis = bool(queue) and queue.startswith(("redis://", "rediss://", "unix://", CLUSTER_SCHEME))
     # Always name the manager (None: this process only): Flask-SocketIO keeps the options of
     # an earlier init_app, and tests make many apps.
     queue_options = {"client_manager": QueueManager(queue, channel) if on_redis else None}
@@ -127,7 +155,7 @@ def init_app(app: Flask) -> None:
     )
     registry = None
     if on_redis:
-        registry = redis.Redis.from_url(queue, decode_responses=True, **redis_options(queue))
+        registry = redis_client(queue, decode_responses=True)
     app.extensions[REGISTRY] = registry
     # Without a message queue an emit only writes to this process's sockets (never blocks), so
     # it stays synchronous: tests and the embedded default see the event right after the commit.

@@ -8,7 +8,8 @@ bearer-token checks of the API and the webhook per client address.
   at 9:00; the same for failed bearer tokens, so a busy integration is never slowed down.
 
 Limits live in Redis when REDIS_URL is set (every process counts together; keys under
-CACHE_KEY_PREFIX, so deployments sharing a Redis stay apart), in memory otherwise. A Redis
+CACHE_KEY_PREFIX, so deployments sharing a Redis stay apart; on a Redis Cluster through limits'
+own redis+cluster:// storage, each limit a key of its own), in memory otherwise. A Redis
 outage never fails a request, nor stalls one: Flask-Limiter counts in memory until Redis
 answers again, and the Redis client fails fast (timeouts, circuit breaker).
 """
@@ -23,7 +24,8 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import HTTPException
 
-from .cache import redis_options
+from .cache import cluster_options, redis_options
+from .config import is_cluster_url
 
 ACCOUNT, ADDRESS, API_TOKEN, WEBHOOK_TOKEN = "account", "address", "api-token", "webhook-token"
 
@@ -37,8 +39,12 @@ def init_app(app: Flask) -> None:
         # Short timeouts, no retries and the circuit breaker (chat.cache.redis_options): a frozen
         # Redis costs one sign-in at most one timeout; while its breaker is open every call
         # fails at once and Flask-Limiter counts in memory, asking Redis again now and then.
+        # On a cluster, limits builds redis-py's RedisCluster itself: each node's connection asks
+        # the breaker too, but a skipped call also makes that client re-read the cluster's layout
+        # from a live node (one CLUSTER SLOTS per refused sign-in while a node is skipped).
+        client_options = cluster_options(redis_url) if is_cluster_url(redis_url) else redis_options(redis_url)
         config.setdefault("RATELIMIT_STORAGE_OPTIONS", {
-            "key_prefix": f"{config['CACHE_KEY_PREFIX']}limits", **redis_options(redis_url),
+            "key_prefix": f"{config['CACHE_KEY_PREFIX']}limits", **client_options,
         })
     config.setdefault("RATELIMIT_STRATEGY", "moving-window")  # "5 per minute" means any 60 s, not a clock minute
     config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
