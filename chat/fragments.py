@@ -22,7 +22,7 @@ from . import domain, metrics, queries, reads
 from .visibility import DIRECTORY, TABS, Agent, can_see_summary, list_scope
 
 MAX_QUERY_LENGTH = 100  # characters of a search kept (the box has no limit of its own)
-MAX_LIST_PAGES = 20  # a refreshed list keeps at most this many pages loaded by scrolling
+MAX_PAGES = 20  # a refreshed list (or conversation) keeps at most this many pages the agent loaded
 SNAPSHOT_COOKIE = "inbox_snapshots"  # static/client/store.js sets it: "<agent id>" whose snapshots it keeps
 
 
@@ -75,7 +75,7 @@ def list_args(tab: str = "pending", department_id: int | None = None, q: str = "
               cursor: str | None = None) -> dict:
     """A conversation list's arguments, as every caller passes them."""
     return {"tab": tab if tab in TABS else "pending", "department_id": department_id, "q": q,
-            "pages": min(max(pages, 1), MAX_LIST_PAGES), "cursor": cursor}
+            "pages": min(max(pages, 1), MAX_PAGES), "cursor": cursor}
 
 
 def list_args_from_request(cursor: bool = False) -> dict:
@@ -116,9 +116,18 @@ def conversation_key(conversation_id: int) -> str:
     return f"conversation:{conversation_id}"
 
 
-def messages_key(conversation_id: int, before: int | None = None) -> str:
+def messages_key(conversation_id: int, before: int | None = None, since: int | None = None) -> str:
     key = f"conversation:{conversation_id}:messages"
-    return key + f":before:{before}" if before else key
+    if before:
+        return key + f":before:{before}"
+    return key + f":since:{since}" if since else key
+
+
+def messages_args(conversation_id: int, before: int | None = None, since: int | None = None) -> dict:
+    """A conversation's messages: the newest page; the page older than `before` ("load older");
+    or, for a refresh once older pages were loaded, every message from `since` on (at most
+    MAX_PAGES pages), so what the agent scrolled back to stays."""
+    return {"conversation_id": conversation_id, "before": before, "since": None if before else since}
 
 
 def _list_key(viewer: Agent, args: dict) -> str:
@@ -150,18 +159,19 @@ MESSAGES = Fragment(
     name="messages", endpoint="inbox.messages", url_args=lambda args: {"conversation_id": args["conversation_id"]},
     template="inbox/_messages.html", more_arg="before", more_template="inbox/_message_items.html",
     data_as="messages",
-    key=lambda viewer, args: messages_key(args["conversation_id"], args.get("before")),
+    key=lambda viewer, args: messages_key(args["conversation_id"], args.get("before"), args.get("since")),
+    element_key=lambda viewer, args: messages_key(args["conversation_id"]),
     tags=lambda viewer, args: (DIRECTORY,),
-    query=lambda viewer, args: queries.conversation_messages(args["conversation_id"], args.get("before")),
+    query=lambda viewer, args: queries.conversation_messages(args["conversation_id"], args.get("before"),
+                                                             args.get("since"), MAX_PAGES),
     context=lambda viewer, args: {"conversation": {"id": args["conversation_id"]}},
     visible=lambda viewer, args: can_see_summary(viewer, conversation(args["conversation_id"])),
 )
 
 
 def _pane_context(viewer: Agent, args: dict) -> dict:
-    messages_args = {"conversation_id": args["conversation_id"], "before": None}
     return {
-        **context(MESSAGES, viewer, messages_args),
+        **context(MESSAGES, viewer, messages_args(args["conversation_id"], since=args.get("since"))),
         "quick_replies": reads.quick_replies(),
         "agents": domain.transfer_targets(reads.agents(), viewer),
         "departments": reads.departments(),
@@ -176,7 +186,8 @@ CONVERSATION_PANE = Fragment(
     key=lambda viewer, args: conversation_key(args["conversation_id"]),
     tags=lambda viewer, args: (DIRECTORY,),
     query=lambda viewer, args: queries.conversation_summary_by_id(args["conversation_id"]),
-    shows=lambda viewer, args: [conversation_key(args["conversation_id"]), messages_key(args["conversation_id"]),
+    shows=lambda viewer, args: [conversation_key(args["conversation_id"]),
+                                messages_key(args["conversation_id"], since=args.get("since")),
                                 "quick_replies", "agents", "departments"],
     context=_pane_context,
     visible=lambda viewer, args: can_see_summary(viewer, conversation(args["conversation_id"])),
@@ -208,7 +219,7 @@ def conversation(conversation_id: int) -> dict | None:
 
 
 def messages(conversation_id: int, before: int | None = None) -> dict:
-    return MESSAGES.read(None, {"conversation_id": conversation_id, "before": before})
+    return MESSAGES.read(None, messages_args(conversation_id, before))
 
 
 # -- serving ------------------------------------------------------------------------------------

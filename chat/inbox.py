@@ -35,7 +35,8 @@ def _page_context(args: dict, from_snapshot: bool = False) -> dict:
 
 
 def _pane_args(conversation_id: int) -> dict:
-    return {"conversation_id": conversation_id}
+    """The pane of a conversation; a refresh names the oldest message loaded (?since=<id>)."""
+    return {"conversation_id": conversation_id, "since": request.args.get("since", type=int)}
 
 
 def _visible_summary(conversation_id: int) -> dict:
@@ -90,8 +91,8 @@ def conversation(conversation_id: int):
 @bp.get("/conversations/<int:conversation_id>/messages")
 def messages(conversation_id: int):
     """The messages fragment; with ?before=<id>, the older page that "load older" prepends."""
-    return fragments.serve(MESSAGES, {"conversation_id": conversation_id,
-                                      "before": request.args.get("before", type=int)})
+    return fragments.serve(MESSAGES, fragments.messages_args(conversation_id, request.args.get("before", type=int),
+                                                             request.args.get("since", type=int)))
 
 
 def _answer_action(conversation_id: int, action, done: str = "Done."):

@@ -128,22 +128,26 @@ def message_dict(m: Message) -> dict:
     }
 
 
-def conversation_messages(conversation_id: int, before: int | None = None) -> dict:
-    """The newest page of messages (or those older than `before`), oldest first."""
+def conversation_messages(conversation_id: int, before: int | None = None, since: int | None = None,
+                          max_pages: int = 1) -> dict:
+    """A page of messages, oldest first: the newest page; or the page older than `before` ("load
+    older"); or every message from `since` on (what an agent has loaded), at most `max_pages` pages."""
     size = current_app.config["MESSAGE_PAGE_SIZE"]
-    stmt = (
-        select(Message)
-        .where(Message.conversation_id == conversation_id)
-        .order_by(Message.id.desc())
-        .limit(size + 1)
-    )
+    stmt = select(Message).where(Message.conversation_id == conversation_id).order_by(Message.id.desc())
     if before is not None:
         stmt = stmt.where(Message.id < before)
-    rows = db.session.scalars(stmt).unique().all()
+    elif since is not None:
+        size *= max_pages
+        stmt = stmt.where(Message.id >= since)
+    rows = db.session.scalars(stmt.limit(size + 1)).unique().all()
     page = list(reversed(rows[:size]))
+    older = len(rows) > size
+    if since is not None and page and not older:
+        older = db.session.scalar(select(Message.id).where(Message.conversation_id == conversation_id,
+                                                           Message.id < page[0].id).limit(1)) is not None
     return {
         "items": [message_dict(m) for m in page],
-        "older_cursor": page[0].id if len(rows) > size and page else None,
+        "older_cursor": page[0].id if older and page else None,
     }
 
 

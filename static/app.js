@@ -43,11 +43,26 @@
           when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
       el.dataset.local = "1";
     });
-    var messages = root.id === "messages" ? root : root.querySelector("#messages");
-    if (messages && !messages.dataset.scrolled) {
-      messages.scrollTop = messages.scrollHeight;  // newest message in view
-      messages.dataset.scrolled = "1";
+    placeMessages(root.id === "messages" ? root : root.querySelector("#messages"));
+  }
+
+  // A conversation opens at its newest message. A refresh (a message came in) keeps the agent's
+  // place: at the newest message they see the new one; reading older ones, the view stays put.
+  // Where they are is what their last scroll left (refreshes add content, never scroll), kept
+  // on the element: a refresh morphs the same element, so a property survives it.
+  document.addEventListener("scroll", function (event) {
+    var messages = event.target;
+    if (messages.id === "messages") {
+      messages.atNewest = messages.scrollHeight - messages.scrollTop - messages.clientHeight < 48;
     }
+  }, true);
+
+  function placeMessages(messages) {
+    if (!messages) return;
+    if (messages.placedFor !== messages.dataset.cacheKey || messages.atNewest !== false) {
+      messages.scrollTop = messages.scrollHeight;
+    }
+    messages.placedFor = messages.dataset.cacheKey;
   }
 
   document.addEventListener("change", function (event) {

@@ -340,3 +340,59 @@ def test_switching_conversations_never_acts_on_the_one_shown_before(open_page, s
     time.sleep(0.3)
     assert [u for u in posts if "/accept" in u] == [f"{server.base}/conversations/{second}/accept"]
     assert str(first) not in page.url
+
+
+def test_a_message_arriving_keeps_older_messages_loaded_and_the_place_being_read(open_page, server):
+    """Reading back through a long conversation: a new message used to refresh the pane with its
+    newest page only, dropping what "Load older messages" brought and jumping to the bottom."""
+    from playwright.sync_api import expect
+
+    stamp = int(time.time() * 1000) % 10**7
+    phone, name = f"+551195{stamp:07d}", f"Long Story {stamp}"
+    for n in range(1, 71):  # 70 messages: the newest 50 open, 20 more behind "Load older"
+        server.inbound(phone=phone, name=name, body=f"part {n}", external_id=f"long-{stamp}-{n}")
+    page = open_page()
+    log_in(page, "ana@example.com")
+    connected(page)
+    row(page, name).get_by_role("link").click()
+    pane = page.locator("#conversation-pane")
+    bodies = pane.locator(".msg-body")
+    expect(bodies).to_have_count(50)
+    expect(bodies.last).to_have_text("part 70")
+    expect(bodies.last).to_be_in_viewport()  # opens at the newest message
+
+    pane.locator("#messages").hover()
+    older = pane.get_by_role("button", name="Load older messages")
+    for _ in range(40):  # wheel up to the top, as an agent reads back
+        if older.is_visible() and older.evaluate("b => b.getBoundingClientRect().top >= 0"):
+            break
+        page.mouse.wheel(0, -600)
+        time.sleep(0.05)
+    older.click()
+    expect(bodies).to_have_count(70)
+    expect(bodies.first).to_have_text("part 1")
+    pane.locator("#messages").hover()
+    for _ in range(40):
+        if page.eval_on_selector("#messages", "m => m.scrollTop") == 0:
+            break
+        page.mouse.wheel(0, -600)
+        time.sleep(0.05)
+    place = page.eval_on_selector("#messages", "m => m.scrollTop")
+    expect(bodies.first).to_be_in_viewport()
+
+    server.inbound(phone=phone, name=name, body="part 71", external_id=f"long-{stamp}-71")
+    expect(bodies.last).to_have_text("part 71", timeout=LIVE_MS)
+    expect(bodies).to_have_count(71)  # what "Load older" brought is still there
+    assert abs(page.eval_on_selector("#messages", "m => m.scrollTop") - place) < 50  # still reading
+    expect(bodies.first).to_be_in_viewport()
+    expect(bodies.last).not_to_be_in_viewport()
+
+    for _ in range(60):  # back down to the newest: a new message then comes into view
+        if page.eval_on_selector("#messages", "m => m.scrollHeight - m.scrollTop - m.clientHeight") < 5:
+            break
+        page.mouse.wheel(0, 800)
+        time.sleep(0.05)
+    server.inbound(phone=phone, name=name, body="part 72", external_id=f"long-{stamp}-72")
+    expect(bodies.last).to_have_text("part 72", timeout=LIVE_MS)
+    expect(bodies.last).to_be_in_viewport()
+    expect(bodies).to_have_count(72)

@@ -115,6 +115,29 @@ def test_messages_oldest_first_and_load_older(app, world, login):
     assert "Load older" not in older
 
 
+def test_a_refresh_keeps_every_message_loaded_from_since_on(app, world, login):
+    """Once older pages were loaded, a refresh (pane or messages) asks ?since=<oldest shown id>:
+    everything from there on, new messages included, and "load older" still below it."""
+    app.config["MESSAGE_PAGE_SIZE"] = 3
+    ana = login("ana@example.com")
+    cid = world.active_ana
+    for n in range(4):
+        ana.post(f"/conversations/{cid}/messages", {"body": f"m{n}"})
+    bodies = lambda html: re.findall(r'<p class="msg-body">(.*?)</p>', html)  # noqa: E731
+    html = ana.get(f"/conversations/{cid}/messages", htmx=True).get_data(as_text=True)
+    older = ana.get(re.search(r'hx-get="([^"]*before=\d+)"', html).group(1).replace("&amp;", "&"), htmx=True)
+    shown = bodies(older.get_data(as_text=True)) + bodies(html)
+    assert shown == ["Hello", "m0", "m1", "m2", "m3"]
+    m0 = re.findall(r'data-message-id="(\d+)"', older.get_data(as_text=True))[1]
+
+    ana.post(f"/conversations/{cid}/messages", {"body": "m4"})  # arrives while reading back
+    for url in (f"/conversations/{cid}/messages?since={m0}", f"/conversations/{cid}?since={m0}"):
+        html = ana.get(url, htmx=True).get_data(as_text=True)
+        assert bodies(html) == ["m0", "m1", "m2", "m3", "m4"], url
+        assert re.search(rf'hx-get="[^"]*before={m0}"', html), url  # "Hello" is still behind "load older"
+    assert "before=" not in ana.get(f"/conversations/{cid}/messages?since=1", htmx=True).get_data(as_text=True)
+
+
 def test_accept_reply_close_flow(world, login):
     bruno = login("bruno@example.com")
     cid = world.pending_support

@@ -6,12 +6,12 @@
 //   requested; a missing or older one is refreshed alone, with If-None-Match (304 if unchanged).
 // - Refreshes morph the element (idiomorph), so what the agent is doing inside survives:
 //   typed text, caret, focus, the list's scroll position, and every page loaded by scrolling
-//   (a list refresh asks for as many rows as are loaded).
+//   (a list refresh asks for as many rows as are loaded; a conversation, as many messages).
 (function (Inbox) {
   "use strict";
   if (!Inbox.store) { return; }
   var store = Inbox.store;
-  var MAX_PAGES = 20;  // the server's cap too (inbox.MAX_LIST_PAGES)
+  var MAX_PAGES = 20;  // the server's cap too (fragments.MAX_PAGES)
 
   // One snapshot per data-cache-key and URL: the same data shown with another tab selected
   // or another filter is another piece of HTML.
@@ -80,11 +80,17 @@
   document.addEventListener("htmx:configRequest", function (e) {
     var el = e.detail.elt;
     if (!el || !el.dataset || !el.dataset.cacheKey || e.detail.verb !== "get") { return; }
-    var pageSize = Number(el.dataset.pageSize);
-    if (pageSize) {  // a list: refetch every page loaded by scrolling, not just the first
-      var rows = el.querySelectorAll("li.row").length;
-      var pages = Math.min(MAX_PAGES, Math.ceil(rows / pageSize));
-      if (pages > 1) { e.detail.parameters.pages = pages; }
+    // Refetch every page the agent loaded, not just the first: a list asks for as many pages
+    // as it shows rows (data-page-items says what a row is); the messages, once older ones were
+    // loaded, from the oldest shown on (data-page-since names its id), in the pane's refresh too.
+    var paged = el.dataset.pageSize ? el : el.querySelector("[data-page-size]");
+    var items = paged ? paged.querySelectorAll(paged.dataset.pageItems) : [];
+    if (items.length > Number(paged && paged.dataset.pageSize)) {
+      if (paged.dataset.pageSince) {
+        e.detail.parameters.since = items[0].getAttribute(paged.dataset.pageSince);
+      } else {
+        e.detail.parameters.pages = Math.min(MAX_PAGES, Math.ceil(items.length / Number(paged.dataset.pageSize)));
+      }
     }
     var snapshot = store.snapshot(slot(el));
     if (snapshot && snapshot.etag && el.dataset.etag === snapshot.etag) {
