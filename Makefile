@@ -70,9 +70,10 @@ $(VENV)/.bench-installed: pyproject.toml $(BIN)/.installed
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 
-# Debian's wrk (the HTTP load generator) and redis-server (bench starts a private one).
+# Debian's wrk (the HTTP load generator), redis-server (bench starts a private one) and redis-cli
+# (redis-tools: tests/test_redis_cluster.py joins private servers into a cluster with it).
 wrk:
-	@command -v wrk >/dev/null && command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk redis-server >/dev/null; }
+	@command -v wrk >/dev/null && command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk redis-server redis-tools >/dev/null; }
 
 bench: deps chromium wrk $(VENV)/.bench-installed
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

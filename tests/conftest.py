@@ -104,6 +104,27 @@ def redis_cache_config():
     yield from _redis_cache_config()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A private 3-master Redis Cluster (tests/redis_cluster.py), started once when a test first
+    asks for it and stopped at the end of the session."""
+    from tests.redis_cluster import PrivateRedisCluster
+
+    try:
+        cluster = PrivateRedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    except FileNotFoundError as exc:
+        unavailable(str(exc))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_config(redis_cluster):
+    """The app's config for the private cluster, under a key prefix of its own (the cluster is
+    this session's alone and goes with it: nothing to delete)."""
+    return {"REDIS_URL": redis_cluster.url, "CACHE_KEY_PREFIX": f"chat-test-{uuid.uuid4().hex[:10]}:"}
+
+
 @pytest.fixture(params=DATABASES)
 def database_url(request, tmp_path):
     if request.param == "sqlite":

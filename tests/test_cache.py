@@ -1,4 +1,5 @@
-"""SmartCache guarantees, each on both backends (in-process SimpleCache and a real Redis).
+"""SmartCache guarantees, each on every backend: in-process SimpleCache, a real Redis, and a
+private 3-master Redis Cluster (its keys under one hash tag: chat.cache.hash_tagged).
 
 Which test guards which guarantee (DESIGN.md, "What the cache guarantees"):
   empty results are cached ........ test_empty_values_are_values
@@ -24,7 +25,7 @@ import pytest
 from flask import Flask
 
 from chat.cache import SmartCache, pattern_prefix, prefixes
-from tests.conftest import REDIS_URL, redis_client, unavailable
+from tests.conftest import unavailable
 
 def make_cache(config: dict) -> tuple[Flask, SmartCache]:
     app = Flask(__name__)
@@ -34,17 +35,21 @@ def make_cache(config: dict) -> tuple[Flask, SmartCache]:
     return app, cache
 
 
-@pytest.fixture(params=["simple", "redis"])
+@pytest.fixture(params=["simple", "redis", "cluster"])
 def backend(request):
-    """(app, cache) on one backend. Redis keys live under a unique prefix, deleted afterwards."""
+    """(app, cache) on one backend. Redis keys live under a unique prefix, deleted afterwards;
+    the cluster is this session's own."""
     if request.param == "simple":
         return make_cache({"CACHE_TYPE": "SimpleCache", "CACHE_THRESHOLD": 5000})
+    if request.param == "cluster":
+        return make_cache(request.getfixturevalue("redis_cluster_config"))
     return make_cache(request.getfixturevalue("redis_cache_config"))
 
 
-@pytest.fixture
-def redis_backend(redis_cache_config):
-    return make_cache(redis_cache_config)
+@pytest.fixture(params=["redis", "cluster"])
+def redis_backend(request):
+    fixture = "redis_cluster_config" if request.param == "cluster" else "redis_cache_config"
+    return make_cache(request.getfixturevalue(fixture))
 
 
 def counting(value):
@@ -215,13 +220,12 @@ def test_single_flight_threads(backend):
 
 PROCESS_READER = textwrap.dedent("""
     import sys, time
-    import redis
     from flask import Flask
-    from chat.cache import SmartCache
+    from chat.cache import SmartCache, redis_client
     url, prefix, counter, start_at = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
     app = Flask("reader"); app.config.update(REDIS_URL=url, CACHE_KEY_PREFIX=prefix)
     cache = SmartCache(); cache.init_app(app)
-    client = redis.Redis.from_url(url)
+    client = redis_client(url)
     def fetch():
         client.incr(counter)
         time.sleep(0.5)
@@ -235,11 +239,12 @@ PROCESS_READER = textwrap.dedent("""
 def test_single_flight_across_processes(redis_backend):
     """Processes share only Redis: the fill lock there makes one of them fetch."""
     app, cache = redis_backend
-    client = redis_client()
+    client = cache.backend._write_client
     prefix = cache.backend._get_prefix()
     counter = prefix + "fetch-count"
     start_at = time.time() + 1.5  # let every interpreter start, then miss together
-    procs = [subprocess.Popen([sys.executable, "-c", PROCESS_READER, REDIS_URL, prefix, counter, str(start_at)],
+    url = app.config["REDIS_URL"]
+    procs = [subprocess.Popen([sys.executable, "-c", PROCESS_READER, url, prefix, counter, str(start_at)],
                               stdout=subprocess.PIPE, text=True) for _ in range(4)]
     outputs = [p.communicate(timeout=30)[0].strip() for p in procs]
     assert outputs == ["shared"] * 4
