@@ -97,8 +97,14 @@
       e.detail.headers["If-None-Match"] = snapshot.etag;
     }
   });
-  document.addEventListener("htmx:afterSettle", function () {
-    all().forEach(save);  // a handful of elements: simpler than working out which swapped
+  document.addEventListener("htmx:afterSettle", function (e) {
+    // Only what the swap changed: the fragments around and inside its target (a long list is
+    // not serialized again because the pane changed). A target the swap replaced: all of them.
+    var target = e.target;
+    var changed = target && document.contains(target) ? all().filter(function (el) {
+      return el.contains(target) || target.contains(el);
+    }) : all();
+    changed.forEach(save);
   });
 
   // Morphing keeps what the agent is doing: the value of a reply box is the agent's (drafts.js
