@@ -5,8 +5,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 FLASK := $(BIN)/flask --app app
 PORT ?= 5000
-# Each connected browser holds one thread for its Socket.IO connection; requests need a few more.
-THREADS ?= 300
 # Both databases and both cache backends by default; e.g. CHAT_TEST_DATABASES=sqlite
 # CHAT_TEST_CACHES=simple narrows it.
 CHAT_TEST_DATABASES ?= sqlite,postgresql
@@ -36,8 +34,7 @@ run: deps
 	$(FLASK) seed --if-empty
 	@echo "Inbound webhook token: $$($(FLASK) inbound-token)"
 	@echo "Serving the inbox on http://127.0.0.1:$(PORT)"
-	$(BIN)/gunicorn -c gunicorn.conf.py --worker-class gthread --workers 1 --threads $(THREADS) --worker-connections $(THREADS) \
-		--bind 127.0.0.1:$(PORT) --access-logfile - app:app
+	$(BIN)/gunicorn -c gunicorn.conf.py --bind 127.0.0.1:$(PORT) --access-logfile - app:app
 
 # Debian's chromium for the browser tests (Playwright drives it; it never downloads a browser).
 chromium:

@@ -1,19 +1,24 @@
 """gunicorn settings for the inbox (`gunicorn -c gunicorn.conf.py`; command-line options win).
 
-Threaded workers are the mode Flask-SocketIO supports here: each connected browser keeps one
-thread busy with its Socket.IO connection. Socket.IO needs every request of a client to reach
-the same process, so one worker per gunicorn; run several gunicorns behind a sticky load
-balancer to use more processes (README, "Serving").
+gevent's worker is the production mode Flask-SocketIO documents (`gunicorn -k gevent -w 1`):
+gunicorn monkey-patches the standard library before the app loads, chat.push then picks
+Socket.IO's gevent mode, and each connected browser is a few greenlets (its websocket through
+simple-websocket, on the socket gunicorn hands over) instead of a thread, so one process holds
+thousands. Socket.IO needs every request of a client to reach the same process, so one worker
+per gunicorn; run several gunicorns behind a sticky load balancer to use more processes
+(README, "Serving"). `--worker-class gthread` still works (a thread per socket, `threads`).
 """
 import os
 import signal
 import threading
 
 wsgi_app = "app:app"
-worker_class = "gthread"
+worker_class = "gevent"  # no preload_app: the app must load after gevent patched the worker
 workers = 1
-threads = 300
-worker_connections = 300  # at least `threads`: every open websocket holds a connection too
+# gevent: connections served at once, open websockets included (each also needs a file
+# descriptor: raise `ulimit -n` above this). gthread: at least `threads`.
+worker_connections = 10_000
+threads = 300  # only for --worker-class gthread
 
 # A stopping worker closes its sockets at once (see post_worker_init).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
@@ -34,7 +39,14 @@ def post_worker_init(worker) -> None:
 
         def stop(signum, frame, previous=previous):
             # Off the signal handler: closing runs app code (disconnect handlers, Redis).
-            threading.Thread(target=_close_connections, args=(worker, push), daemon=True).start()
+            if push.async_mode() == "gevent":
+                # A greenlet, as gunicorn's own handlers spawn: the handler may run inside the
+                # hub, where even starting a thread (it waits until the thread runs) may not block.
+                import gevent
+
+                gevent.spawn(_close_connections_once_not_accepting, worker, push)
+            else:
+                threading.Thread(target=_close_connections, args=(worker, push), daemon=True).start()
             if callable(previous):
                 previous(signum, frame)
 
@@ -49,6 +61,25 @@ def child_exit(server, worker) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+def _close_connections_once_not_accepting(worker, push) -> None:
+    """gevent: the worker accepts connections until its loop notices the stop (within a second;
+    a quick stop exits first). Sockets closed before that would reconnect to this stopping
+    process and hold it for graceful_timeout, so close them once its listening sockets are
+    closed, then again for any whose handshake was still under way."""
+    import gevent
+
+    while any(_listening(listener) for listener in worker.sockets):
+        gevent.sleep(0.05)
+    while True:
+        _close_connections(worker, push)
+        gevent.sleep(0.5)
+
+
+def _listening(listener) -> bool:
+    # gevent's server closes the plain socket inside gunicorn's gevent one: its fileno goes -1.
+    return not getattr(listener, "closed", False) and listener.fileno() != -1
 
 
 def _close_connections(worker, push) -> None:

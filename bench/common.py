@@ -182,19 +182,21 @@ def row_counts(database: Path) -> dict:
 
 # -- gunicorn -------------------------------------------------------------------------------
 class Gunicorn:
-    """The bench app (bench.benchapp: the product plus /bench/hello) under gunicorn gthread,
-    one worker, like `make run`."""
+    """The bench app (bench.benchapp: the product plus /bench/hello) under gunicorn as `make run`
+    serves it (gunicorn.conf.py: the gevent worker, one process). threads=N runs the old
+    threaded worker instead (gthread, N threads: one per open websocket), for comparison."""
 
-    def __init__(self, workdir: Path, env: dict, threads: int = 100, name: str = "gunicorn",
-                 port: int | None = None):
+    def __init__(self, workdir: Path, env: dict, name: str = "gunicorn", port: int | None = None,
+                 threads: int | None = None):
         self.port = port or free_port()  # a given port: the same server started again
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = workdir / f"{name}-{self.port}.log"
+        self.worker = "gthread" if threads else "gevent"
+        # gthread accepts at most worker_connections connections at once; every websocket holds one.
+        gthread = ["--worker-class", "gthread", "--threads", str(threads),
+                   "--worker-connections", str(threads + 100)] if threads else []
         self.process = subprocess.Popen(
-            [str(BIN / "gunicorn"), "--worker-class", "gthread", "--workers", "1", "--threads", str(threads),
-             # gthread accepts at most worker_connections (default 1000) connections at once; every
-             # websocket holds one, so the push runs need more than the default.
-             "--worker-connections", str(max(1000, threads + 100)),
+            [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), *gthread,
              "--bind", f"127.0.0.1:{self.port}", "--backlog", "4096", "bench.benchapp:app"],
             cwd=ROOT, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
         wait_for_port(self.port, 30, self.process, self.log)

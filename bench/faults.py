@@ -1,14 +1,15 @@
 """7. Faults: Redis frozen (SIGSTOP), then killed and restarted empty, under load.
 
-A live gunicorn (gthread, one worker, like `make run`) with a private redis-server as its cache,
-its sign-in limits and its Socket.IO message queue. 8 client threads read lists and the API
-(admin and agent sessions, an API token), 1 thread posts inbound messages (the webhook) and API
-replies to a fixed set of conversations. Phases: warm, Redis frozen with SIGSTOP (15 s; 4 s
-with --quick), SIGCONT, running again, killed (SIGKILL) and down, restarted empty on the same
-port, running again. Reported: the slowest request and the 5xx count per phase, and stale reads
-right after each recovery: for every conversation the writer touched, its newest message in the
-database (read first) must be in the API's message list and in the conversation pane that the
-app serves (read after). Goal (issue 12): no request slower than 1.5 s, 0 5xx, 0 stale reads.
+A live gunicorn (gunicorn.conf.py's gevent worker, one process, like `make run`) with a private
+redis-server as its cache, its sign-in limits and its Socket.IO message queue. 8 client threads
+read lists and the API (admin and agent sessions, an API token), 1 thread posts inbound
+messages (the webhook) and API replies to a fixed set of conversations. Phases: warm, Redis
+frozen with SIGSTOP (15 s; 4 s with --quick), SIGCONT, running again, killed (SIGKILL) and
+down, restarted empty on the same port, running again. Reported: the slowest request and the
+5xx count per phase, and stale reads right after each recovery: for every conversation the
+writer touched, its newest message in the database (read first) must be in the API's message
+list and in the conversation pane that the app serves (read after). Goal (issue 12): no request
+slower than 1.5 s, 0 5xx, 0 stale reads.
 """
 from __future__ import annotations
 
@@ -130,7 +131,7 @@ def run(ctx) -> dict:
     stop = threading.Event()
     recorder = Recorder()
     try:
-        server = Gunicorn(ctx.workdir, app_env(database, redis.url), threads=64, name="faults")
+        server = Gunicorn(ctx.workdir, app_env(database, redis.url), name="faults")
         base = server.base
         # The writer's own conversations, created through the webhook before the load starts.
         inbound = http()
@@ -228,7 +229,7 @@ def run(ctx) -> dict:
     all_ms = [r[1] for r in recorder.requests]
     return {
         "setup": {"readers": READERS, "writers": 1, "phases_s": phases, "goal_ms": GOAL_MS,
-                  "server": "gunicorn gthread, 1 worker, 64 threads; Redis = cache, limits, message queue"},
+                  "server": "gunicorn gevent, 1 worker; Redis = cache, limits, message queue"},
         "phases": per_phase,
         "requests": len(all_ms),
         "max_ms": round(max(all_ms), 1),

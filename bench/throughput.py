@@ -1,4 +1,4 @@
-"""1. Throughput and latency over HTTP: gunicorn gthread (like `make run`) serving the bench app,
+"""1. Throughput and latency over HTTP: gunicorn (gevent, like `make run`) serving the bench app,
 wrk in another process with bench/report.lua for p50/p99.
 
 Scenarios, all in one run and side by side:
@@ -70,7 +70,7 @@ def run(ctx) -> dict:
     sizes, workdir = ctx.sizes, ctx.workdir
     seconds, connections = sizes.wrk_seconds, sizes.wrk_connections
     results: dict = {"settings": {"wrk_threads": 1, "connections": connections, "seconds": seconds,
-                                  "gunicorn": "gthread, 1 worker, 100 threads", "url": LIST_PATH,
+                                  "gunicorn": "gevent, 1 worker", "url": LIST_PATH,
                                   "agent": AGENT, "database": "SQLite (seeded)"}}
     with ctx.stack_scope() as stack:
         server = Gunicorn(workdir, app_env(ctx.database), name="tp-simple")
@@ -130,7 +130,7 @@ def chart(results: dict, path: Path) -> None:
     ax2.axvline(5, color="#dc2626", linestyle="--", label="promise: 5 ms repeat load")
     ax2.set_xlabel("latency ms (log)")
     ax2.legend(fontsize=8)
-    save_chart(fig, "1. Throughput & latency over HTTP (gunicorn gthread, wrk)", path)
+    save_chart(fig, "1. Throughput & latency over HTTP (gunicorn gevent, wrk)", path)
 
 
 def summary(results: dict) -> list[tuple[str, str, str]]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import queue as queues
+import sys
 import threading
 from typing import Callable, Iterable
 
@@ -134,6 +135,14 @@ class Publisher:
                 self._queue.task_done()
 
 
+def async_mode() -> str:
+    """"gevent" under gunicorn's gevent worker (which monkey-patches the standard library before
+    the app loads): each socket is a greenlet, thousands per process. "threading" everywhere
+    else (the test client, `flask` commands, gthread): each socket holds a thread."""
+    monkey = sys.modules.get("gevent.monkey")
+    return "gevent" if monkey is not None and monkey.is_module_patched("socket") else "threading"
+
+
 def init_app(app: Flask) -> None:
     # Redis carries events between processes; SOCKETIO_MESSAGE_QUEUE overrides (None: this
     # process only, as the tests that build hundreds of apps in one process want).
@@ -148,7 +157,7 @@ def init_app(app: Flask) -> None:
         queue_options = {"message_queue": queue, "channel": channel}
     socketio.init_app(
         app,
-        async_mode="threading",
+        async_mode=async_mode(),
         **queue_options,
         cors_allowed_origins=app.config.get("SOCKETIO_CORS_ORIGINS", []),  # same origin only
         manage_session=False,  # read the Flask session cookie; never write it from a socket

@@ -29,7 +29,6 @@ SERVED_BY = "X-Served-By"  # nginx's answer header naming the process (its addre
 DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/inbox_cluster"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 PREFIX = "inbox-cluster:"  # its own keys and channel in a Redis that others may share
-THREADS = 100
 LOGINS = ("admin@example.com (admin), ana@example.com and bruno@example.com (agents), "
           "password demo-pass")
 
@@ -59,8 +58,8 @@ def _answers(url: str) -> bool:
 class Cluster:
     """nginx on `port` in front of gunicorn processes on free ports, all under `workdir`."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], port: int | None = None, threads: int = THREADS):
-        self.dir, self.threads = Path(workdir), threads
+    def __init__(self, workdir: Path, env: dict[str, str], port: int | None = None):
+        self.dir = Path(workdir)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.metrics_dir = self.dir / "prometheus"
@@ -75,8 +74,7 @@ class Cluster:
         port = free_port()
         log = (self.dir / f"gunicorn-{port}.log").open("a")
         self.processes[port] = subprocess.Popen(
-            [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), "--workers", "1",
-             "--threads", str(self.threads), "--worker-connections", str(self.threads),
+            [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
              "--bind", f"127.0.0.1:{port}", "--access-logfile", "-", "app:app"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)  # its own process group: Ctrl+C reaches us, we stop it

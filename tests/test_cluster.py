@@ -35,7 +35,7 @@ def cluster(tmp_path_factory):
         flask(env, "db", "upgrade")
         flask(env, "seed", "--agents", "3", "--conversations", "10", "--messages", "30")
         admin_token = flask(env, "agent", "token", "admin@example.com").split()[-1]
-        cluster = Cluster(tmp_path_factory.mktemp("cluster"), env, threads=50)
+        cluster = Cluster(tmp_path_factory.mktemp("cluster"), env)
         try:
             cluster.start(3)
             cluster.first = sorted(cluster.processes)  # the 3 ports, before any test adds one
