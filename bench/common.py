@@ -58,7 +58,7 @@ class Sizes:
 FULL = Sizes("full", agents=50, conversations=10_000, messages=200_000, departments=5,
              wrk_seconds=10, wrk_connections=32, workload_minutes=3, reads_per_agent_minute=100,
              mutations_per_agent_minute=1.5, invalidation_keys=(1_000, 100_000, 1_000_000, 10_000_000),
-             stampede_threads=50, push_clients=(1, 100, 1_000), push_changes=20, browser_repeats=7)
+             stampede_threads=50, push_clients=(1, 100, 1_000, 5_000), push_changes=20, browser_repeats=7)
 QUICK = Sizes("quick", agents=10, conversations=300, messages=3_000, departments=5,
               wrk_seconds=1, wrk_connections=16, workload_minutes=2, reads_per_agent_minute=100,
               mutations_per_agent_minute=1.5, invalidation_keys=(1_000, 100_000),

@@ -1,37 +1,63 @@
-"""5. Push: from a committed change to `data:updated` arriving at 1, 100 and 1,000 clients.
+"""5. Push: from a committed change to `data:updated` arriving at 1, 100, 1,000 and 5,000 clients.
 
 Socket.IO clients (python-socketio AsyncClient, websocket transport, signed in with a real
-session cookie) connect to a gunicorn gthread server; then, one change at a time, the bench
-POSTs a contact's message to /api/inbound (the webhook: it commits a new pending conversation
-that every agent may see) and times each client's `data:updated` from the moment the POST
-was sent (so the figure includes the request and its commit) until the event arrives.
+session cookie) connect to one gunicorn process as `make run` serves it (gevent worker: a socket
+is a few greenlets, not a thread); then, one change at a time, the bench POSTs a contact's
+message to /api/inbound (the webhook: it commits a new pending conversation that every agent may
+see) and times each client's `data:updated` from the moment the POST was sent (so the figure
+includes the request and its commit) until the event arrives.
 
   embedded   one server, no Redis: the change and the clients on the same process
   redis      two servers sharing the database and a private Redis (REDIS_URL): the change
              is posted to server A, the clients are connected to server B
 
-Note: in threading mode every websocket holds one gunicorn thread and one of gthread's
-worker_connections (default 1000), so the server is started with clients + 50 threads and
-enough worker connections (`make run` has 100 threads: about 100 browsers per process).
+At the largest client count, a few more changes are made while LIST_READERS clients read the
+pending list (GET /inbox/list, signed in, as htmx asks for it) over HTTP from the same process
+that is fanning the event out: every read must be answered 200, and its latency and rate are
+reported next to the push latency measured under that load.
+
+Goals (issue 12): push p99 < 250 ms at 1,000 clients, < 1 s at 5,000; list reads still served
+during the fan-out. BENCH_PUSH_WORKER=gthread runs the old threaded worker instead (one thread
+per websocket: clients + 50 threads), for comparison.
 """
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from pathlib import Path
 
-from .common import (INBOUND_TOKEN, Gunicorn, app_env, cookie_header, copy_database, log_in, percentile,
-                     save_chart)
+from .common import (INBOUND_TOKEN, Gunicorn, Unavailable, app_env, cookie_header, copy_database, log_in,
+                     percentile, save_chart)
 
 AGENT = "ana@example.com"
+LIST_PATH = "/inbox/list?tab=pending"
+LIST_READERS = 4  # HTTP clients reading the list, each one request at a time, during the fan-out
+LIST_CHANGES = 5  # changes made under that load
+GOALS_MS = {1_000: 250, 5_000: 1_000}  # clients -> push p99 goal
+WAVE = 100  # clients connecting at once
 
 
-async def _measure(client_base: str, change_base: str, cookie: str, clients: int, changes: int) -> dict:
+def raise_open_files(needed: int) -> None:
+    """Each websocket is a file descriptor in the client and one in the server: raise the soft
+    limit (inherited by the servers started after this) to what the run needs."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise Unavailable(f"push needs {needed} open files, the hard limit is {hard} (ulimit -Hn)")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+async def _measure(client_base: str, change_base: str, cookie: str, clients: int, changes: int,
+                   list_changes: int = 0) -> dict:
     import aiohttp
     import socketio
 
-    arrivals: list[list[float]] = [[] for _ in range(changes)]
+    arrivals: list[list[float]] = [[] for _ in range(changes + list_changes)]
     current = {"change": -1}
     sockets = []
 
@@ -46,17 +72,40 @@ async def _measure(client_base: str, change_base: str, cookie: str, clients: int
         return sio
 
     async def connect(sio):
-        await sio.connect(client_base, headers={"Cookie": cookie}, transports=["websocket"], wait_timeout=30)
+        await sio.connect(client_base, headers={"Cookie": cookie}, transports=["websocket"], wait_timeout=60)
+
+    reads: list[tuple[float, float, int]] = []  # (sent, ms, status) of every list read under load
+    windows: list[float] = []  # seconds each loaded fan-out lasted
+
+    async def read_list(http, stop: asyncio.Event):
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                async with http.get(client_base + LIST_PATH, headers={"Cookie": cookie, "HX-Request": "true"}) as r:
+                    await r.read()
+                    status = r.status
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                status = 0
+            reads.append((t0, 1000 * (time.perf_counter() - t0), status))
 
     try:
-        for start in range(0, clients, 100):  # connect in waves of 100
-            wave = [make() for _ in range(min(100, clients - start))]
+        started = time.perf_counter()
+        for start in range(0, clients, WAVE):
+            wave = [make() for _ in range(min(WAVE, clients - start))]
             sockets += wave
             await asyncio.gather(*(connect(s) for s in wave))
+        connect_seconds = time.perf_counter() - started
+        connected = sum(1 for s in sockets if s.connected)
         await asyncio.sleep(0.5)
         sent, posts = [], []
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-            for n in range(changes):
+            async with http.get(client_base + LIST_PATH, headers={"Cookie": cookie, "HX-Request": "true"}) as r:
+                if r.status != 200:  # warms the list's cache; a wrong cookie fails here, not later
+                    raise RuntimeError(f"GET {LIST_PATH} answered {r.status}")
+            for n in range(changes + list_changes):
+                loaded = n >= changes
+                stop = asyncio.Event()
+                readers = [asyncio.create_task(read_list(http, stop)) for _ in range(LIST_READERS if loaded else 0)]
                 current["change"] = n
                 t0 = time.perf_counter()
                 async with http.post(change_base + "/api/inbound",
@@ -67,18 +116,41 @@ async def _measure(client_base: str, change_base: str, cookie: str, clients: int
                         raise RuntimeError(f"inbound answered {response.status}: {await response.text()}")
                 posts.append(time.perf_counter() - t0)
                 sent.append(t0)
-                deadline = time.perf_counter() + 10
+                deadline = time.perf_counter() + 15
                 while len(arrivals[n]) < clients and time.perf_counter() < deadline:
                     await asyncio.sleep(0.005)
+                if loaded:
+                    windows.append(time.perf_counter() - t0)
+                    stop.set()
+                    await asyncio.gather(*readers)
                 await asyncio.sleep(0.05)
     finally:
         await asyncio.gather(*(s.disconnect() for s in sockets), return_exceptions=True)
-    latencies = [1000 * (a - sent[n]) for n in range(changes) for a in arrivals[n]]
-    received = sum(min(len(a), clients) for a in arrivals)
-    return {"clients": clients, "changes": changes, "delivered": received, "expected": clients * changes,
-            "p50_ms": _r(percentile(latencies, 50)), "p99_ms": _r(percentile(latencies, 99)),
-            "max_ms": _r(max(latencies) if latencies else None),
-            "post_p50_ms": _r(1000 * percentile(posts, 50))}
+
+    def latencies(changes_range):
+        return [1000 * (a - sent[n]) for n in changes_range for a in arrivals[n]]
+
+    plain = latencies(range(changes))
+    out = {"clients": clients, "connected": connected, "connect_s": round(connect_seconds, 1),
+           "changes": changes, "delivered": sum(min(len(arrivals[n]), clients) for n in range(changes)),
+           "expected": clients * changes,
+           "p50_ms": _r(percentile(plain, 50)), "p99_ms": _r(percentile(plain, 99)),
+           "max_ms": _r(max(plain) if plain else None),
+           "post_p50_ms": _r(1000 * percentile(posts[:changes], 50))}
+    if list_changes:
+        loaded = latencies(range(changes, changes + list_changes))
+        ms = [m for _, m, _ in reads]
+        out["during_fanout"] = {
+            "changes": list_changes, "list_readers": LIST_READERS,
+            "delivered": sum(min(len(arrivals[n]), clients) for n in range(changes, changes + list_changes)),
+            "expected": clients * list_changes,
+            "push_p50_ms": _r(percentile(loaded, 50)), "push_p99_ms": _r(percentile(loaded, 99)),
+            "list_requests": len(reads), "list_ok": sum(1 for _, _, s in reads if s == 200),
+            "list_p50_ms": _r(percentile(ms, 50)), "list_p99_ms": _r(percentile(ms, 99)),
+            "list_max_ms": _r(max(ms) if ms else None),
+            "list_rps": _r(len(reads) / sum(windows)) if windows else None,
+        }
+    return out
 
 
 def _r(x):
@@ -87,32 +159,44 @@ def _r(x):
 
 def run(ctx) -> dict:
     sizes = ctx.sizes
+    gthread = os.environ.get("BENCH_PUSH_WORKER") == "gthread"
+    largest = max(sizes.push_clients)
+    raise_open_files(2 * largest + 2_000)  # the clients' sockets, the server's, and some to spare
     results = {"settings": {"transport": "websocket", "client": "python-socketio AsyncClient, one process",
                             "change": "POST /api/inbound (commit), timed from the request",
+                            "server": "gunicorn gthread, clients + 50 threads" if gthread
+                            else "gunicorn gevent (gunicorn.conf.py), 1 worker",
+                            "list_load": f"{LIST_READERS} HTTP readers of {LIST_PATH} during {LIST_CHANGES} "
+                                         f"more changes at {largest:,} clients",
                             "agent": AGENT}, "embedded": {}, "redis": {}}
     database = copy_database(ctx.database, ctx.workdir / "push.db")
     for clients in sizes.push_clients:
-        threads = max(100, clients + 50)
+        threads = clients + 50 if gthread else None
+        list_changes = LIST_CHANGES if clients == largest else 0
         with ctx.stack_scope() as stack:
             server = Gunicorn(ctx.workdir, app_env(database), threads=threads, name=f"push-embedded-{clients}")
             stack.callback(server.stop)
             cookie = cookie_header(log_in(server.base, AGENT))
             results["embedded"][str(clients)] = asyncio.run(
-                _measure(server.base, server.base, cookie, clients, sizes.push_changes))
+                _measure(server.base, server.base, cookie, clients, sizes.push_changes, list_changes))
         with ctx.stack_scope() as stack:
             prefix = f"bench-p-{uuid.uuid4().hex[:6]}:"
             env = app_env(database, ctx.redis_url, prefix)
-            a = Gunicorn(ctx.workdir, env, threads=100, name=f"push-redis-a-{clients}")
+            a = Gunicorn(ctx.workdir, env, threads=100 if gthread else None, name=f"push-redis-a-{clients}")
             stack.callback(a.stop)
             b = Gunicorn(ctx.workdir, env, threads=threads, name=f"push-redis-b-{clients}")
             stack.callback(b.stop)
             cookie = cookie_header(log_in(b.base, AGENT))
             results["redis"][str(clients)] = asyncio.run(
-                _measure(b.base, a.base, cookie, clients, sizes.push_changes))
+                _measure(b.base, a.base, cookie, clients, sizes.push_changes, list_changes))
     for mode in ("embedded", "redis"):
         for clients, r in results[mode].items():
             if r["delivered"] < r["expected"]:
                 raise RuntimeError(f"push {mode}/{clients}: {r['delivered']} of {r['expected']} events arrived")
+            loaded = r.get("during_fanout")
+            if loaded and (loaded["delivered"] < loaded["expected"] or loaded["list_ok"] < loaded["list_requests"]
+                           or not loaded["list_requests"]):
+                raise RuntimeError(f"push {mode}/{clients} under list load: {loaded}")
     return results
 
 
@@ -125,13 +209,16 @@ def chart(results: dict, path: Path) -> None:
         ax.plot(ns, [results[mode][str(n)]["p50_ms"] for n in ns], marker + "-", label=f"{mode} p50")
         ax.plot(ns, [results[mode][str(n)]["p99_ms"] for n in ns], marker + "--", label=f"{mode} p99")
     ax.axhline(50, color="#dc2626", linestyle=":", label="promise: 50 ms")
+    for clients, goal in GOALS_MS.items():
+        ax.plot([clients], [goal], "x", color="#dc2626", markersize=9)
+    ax.plot([], [], "x", color="#dc2626", label="goal: p99 (issue 12)")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("connected Socket.IO clients")
+    ax.set_xlabel("connected Socket.IO clients (one process)")
     ax.set_ylabel("change request sent -> data:updated (ms, log)")
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
-    save_chart(fig, "5. Push latency", path)
+    save_chart(fig, f"5. Push latency ({results['settings']['server']})", path)
 
 
 def summary(results: dict) -> list[tuple[str, str, str]]:
@@ -140,4 +227,18 @@ def summary(results: dict) -> list[tuple[str, str, str]]:
         for clients, r in results[mode].items():
             out.append(("push", f"{mode}, {int(clients):,} clients",
                         f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms ({r['delivered']}/{r['expected']} delivered)"))
+    for clients, goal in GOALS_MS.items():
+        measured = [(mode, results[mode][str(clients)]["p99_ms"]) for mode in ("embedded", "redis")
+                    if str(clients) in results[mode]]
+        if measured:
+            met = all(p99 is not None and p99 < goal for _, p99 in measured)
+            out.append(("push", f"goal: p99 < {goal:,} ms at {clients:,} clients",
+                        ("met" if met else "NOT met") + ": " + ", ".join(f"{m} {p} ms" for m, p in measured)))
+    for mode in ("embedded", "redis"):
+        for clients, r in results[mode].items():
+            if loaded := r.get("during_fanout"):
+                out.append(("push", f"goal: list reads served during the {int(clients):,}-client fan-out ({mode})",
+                            f"{loaded['list_ok']}/{loaded['list_requests']} answered 200, {loaded['list_rps']} req/s, "
+                            f"p50 {loaded['list_p50_ms']} ms, p99 {loaded['list_p99_ms']} ms; push meanwhile "
+                            f"p99 {loaded['push_p99_ms']} ms ({loaded['delivered']}/{loaded['expected']} delivered)"))
     return out
