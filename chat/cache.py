@@ -51,6 +51,7 @@ from flask_caching import Cache
 from flask_caching.backends.rediscache import RedisCache
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ClusterDownError, SlotNotCoveredError
 from redis.retry import Retry
 
 from . import metrics
@@ -236,7 +237,13 @@ class GuardedCluster(RedisCluster):
         breaker = breaker_for(target_node.host, target_node.port)
         if not breaker.allow():
             raise CircuitOpen(f"redis {breaker.name} is being skipped (circuit open)")
-        return super()._execute_command(target_node, *args, **kwargs)
+        try:
+            return super()._execute_command(target_node, *args, **kwargs)
+        except (ClusterDownError, SlotNotCoveredError) as exc:
+            # The cluster refuses every command while a master is lost (CLUSTERDOWN), and
+            # redis-py sleeps 0.25 s and re-reads the layout on each: skip it like a dead node.
+            breaker.failure(exc)
+            raise
 
 
 def cluster_options(url: str) -> dict:

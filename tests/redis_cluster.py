@@ -20,7 +20,7 @@ MASTERS = 3
 
 
 class PrivateRedisCluster:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, node_timeout_ms: int = 15_000) -> None:
         server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if server is None or cli is None:
             raise FileNotFoundError("redis-server and redis-cli are needed (Debian: redis-server, redis-tools)")
@@ -37,7 +37,7 @@ class PrivateRedisCluster:
                 self.processes[port] = subprocess.Popen(
                     [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                      "--cluster-port", str(bus), "--cluster-config-file", str(node_dir / "nodes.conf"), "--dir", str(node_dir),
-                     "--save", "", "--appendonly", "no"],
+                     "--cluster-node-timeout", str(node_timeout_ms), "--save", "", "--appendonly", "no"],
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             for port in self.ports:
                 wait_for_port(port, 10, self.processes[port], workdir / str(port) / "redis.log")
@@ -65,6 +65,18 @@ class PrivateRedisCluster:
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the cluster is not ok after {timeout} s:\n{states}")
+            time.sleep(0.1)
+
+    def kill(self, port: int) -> None:
+        stop_process(self.processes[port], signal.SIGKILL)
+
+    def wait_for_state(self, port: int, state: str, timeout: float = 15) -> None:
+        """Until the node at `port` says cluster_state:<state>."""
+        cli, deadline = shutil.which("redis-cli"), time.monotonic() + timeout
+        while f"cluster_state:{state}" not in subprocess.run([cli, "-p", str(port), "cluster", "info"],
+                                                             capture_output=True, text=True, timeout=5).stdout:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node {port} is not {state} after {timeout} s")
             time.sleep(0.1)
 
     def freeze(self, port: int) -> None:

@@ -10,6 +10,7 @@ tests/test_cache.py's "cluster" backend.
   sign-in limits count on the cluster ............. test_sign_in_limits_count_together_on_the_cluster
   panel and `flask cache stats` ................... test_panel_and_cache_stats_name_the_cluster
   a frozen node skipped, nothing stale after ...... test_frozen_cache_node_is_skipped_and_nothing_stale_after
+  a lost master (CLUSTERDOWN) skipped too ......... test_a_cluster_that_lost_a_master_is_skipped_not_waited_on
 """
 from __future__ import annotations
 
@@ -258,3 +259,24 @@ def test_frozen_cache_node_is_skipped_and_nothing_stale_after(redis_cluster, red
         assert breaker.state == "closed"
     with other_app.app_context():
         assert other.get_or_fetch("conversation:1", lambda: "v3") == "v2"
+
+
+def test_a_cluster_that_lost_a_master_is_skipped_not_waited_on(tmp_path, request):
+    """With a master gone (no replica) the cluster refuses every command (CLUSTERDOWN) and
+    redis-py sleeps 0.25 s and re-reads the layout before each refusal: the breaker opens on the
+    first, so the next reads go to the database at once. (A cluster of its own: one is killed.)"""
+    from tests.redis_cluster import PrivateRedisCluster
+
+    cluster = PrivateRedisCluster(tmp_path, node_timeout_ms=500)
+    request.addfinalizer(cluster.stop)
+    app, cache = make_cache({"REDIS_URL": cluster.url, "CACHE_KEY_PREFIX": "chat-test:"})
+    with app.app_context():
+        assert cache.get_or_fetch("conversation:1", lambda: "v1") == "v1"
+        node = cache.cluster_node()
+        other = next(p for p in cluster.ports if p != node.port)
+        cluster.kill(other)
+        cluster.wait_for_state(node.port, "fail")
+        breaker = cache.breaker
+        for n in range(10):
+            assert cache.get_or_fetch("conversation:1", lambda: f"db {n}") == f"db {n}"
+        assert breaker.state == "open" and breaker.skipped >= 8  # not 10 waits of 0.25 s
