@@ -98,7 +98,11 @@ async def _measure(client_base: str, change_base: str, cookie: str, clients: int
         connected = sum(1 for s in sockets if s.connected)
         await asyncio.sleep(0.5)
         sent, posts = [], []
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        timeout = aiohttp.ClientTimeout(total=30)
+        # A new connection for each change: gunicorn closes one idle for its keepalive (2 s), and
+        # a busy hub may do so just as a reused one is written to.
+        async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(force_close=True)) as post, \
+                aiohttp.ClientSession(timeout=timeout) as http:
             async with http.get(client_base + LIST_PATH, headers={"Cookie": cookie, "HX-Request": "true"}) as r:
                 if r.status != 200:  # warms the list's cache; a wrong cookie fails here, not later
                     raise RuntimeError(f"GET {LIST_PATH} answered {r.status}")
@@ -106,23 +110,25 @@ async def _measure(client_base: str, change_base: str, cookie: str, clients: int
                 loaded = n >= changes
                 stop = asyncio.Event()
                 readers = [asyncio.create_task(read_list(http, stop)) for _ in range(LIST_READERS if loaded else 0)]
-                current["change"] = n
-                t0 = time.perf_counter()
-                async with http.post(change_base + "/api/inbound",
-                                     json={"phone": f"+55119{uuid.uuid4().int % 10**8:08d}",
-                                           "body": f"bench push {n}"},
-                                     headers={"Authorization": f"Bearer {INBOUND_TOKEN}"}) as response:
-                    if response.status not in (200, 201):
-                        raise RuntimeError(f"inbound answered {response.status}: {await response.text()}")
-                posts.append(time.perf_counter() - t0)
-                sent.append(t0)
-                deadline = time.perf_counter() + 15
-                while len(arrivals[n]) < clients and time.perf_counter() < deadline:
-                    await asyncio.sleep(0.005)
-                if loaded:
-                    windows.append(time.perf_counter() - t0)
+                try:
+                    current["change"] = n
+                    t0 = time.perf_counter()
+                    async with post.post(change_base + "/api/inbound",
+                                         json={"phone": f"+55119{uuid.uuid4().int % 10**8:08d}",
+                                               "body": f"bench push {n}"},
+                                         headers={"Authorization": f"Bearer {INBOUND_TOKEN}"}) as response:
+                        if response.status not in (200, 201):
+                            raise RuntimeError(f"inbound answered {response.status}: {await response.text()}")
+                    posts.append(time.perf_counter() - t0)
+                    sent.append(t0)
+                    deadline = time.perf_counter() + 15
+                    while len(arrivals[n]) < clients and time.perf_counter() < deadline:
+                        await asyncio.sleep(0.005)
+                    if loaded:
+                        windows.append(time.perf_counter() - t0)
+                finally:
                     stop.set()
-                    await asyncio.gather(*readers)
+                    await asyncio.gather(*readers, return_exceptions=True)
                 await asyncio.sleep(0.05)
     finally:
         await asyncio.gather(*(s.disconnect() for s in sockets), return_exceptions=True)
@@ -179,6 +185,7 @@ def run(ctx) -> dict:
             cookie = cookie_header(log_in(server.base, AGENT))
             results["embedded"][str(clients)] = asyncio.run(
                 _measure(server.base, server.base, cookie, clients, sizes.push_changes, list_changes))
+            print(f"  embedded, {clients:,} clients: {results['embedded'][str(clients)]}", flush=True)
         with ctx.stack_scope() as stack:
             prefix = f"bench-p-{uuid.uuid4().hex[:6]}:"
             env = app_env(database, ctx.redis_url, prefix)
@@ -189,6 +196,7 @@ def run(ctx) -> dict:
             cookie = cookie_header(log_in(b.base, AGENT))
             results["redis"][str(clients)] = asyncio.run(
                 _measure(b.base, a.base, cookie, clients, sizes.push_changes, list_changes))
+            print(f"  redis, {clients:,} clients: {results['redis'][str(clients)]}", flush=True)
     for mode in ("embedded", "redis"):
         for clients, r in results[mode].items():
             if r["delivered"] < r["expected"]:
