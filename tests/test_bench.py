@@ -58,6 +58,9 @@ def test_make_bench_quick():
     for mode in ("embedded", "redis"):
         for r in m["push"][mode].values():
             assert r["delivered"] == r["expected"]
+        loaded = m["push"][mode]["20"]["during_fanout"]  # list reads while the event fans out
+        assert loaded["list_ok"] == loaded["list_requests"] > 0
+        assert loaded["delivered"] == loaded["expected"]
     assert m["browser"]["repeat_visit"]["fragment_requests_max"] == 0
     long_list = m["browser"]["long_list_update"]
     assert long_list["loaded_rows"] >= 200 and long_list["rows_kept"]
