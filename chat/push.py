@@ -37,7 +37,7 @@ from flask_socketio import rooms as joined_rooms
 from .cache import redis_client
 from .config import CLUSTER_SCHEME, is_cluster_url, parse_redis_cluster_url
 
-from .visibility import rooms_for
+from .visibility import AGENTS, rooms_for
 
 log = logging.getLogger("chat.push")
 socketio = SocketIO()
@@ -252,7 +252,9 @@ def _registered(agent_id: int) -> set[str]:
 def publish(rooms: dict[str, set[str]]) -> None:
     """One `data:updated` {"keys": [...]} per room; failures are logged, never raised: push is a
     hint. With a message queue the events go through the background Publisher."""
-    events = [(room, sorted(keys)) for room, keys in sorted(rooms.items())]
+    # Every connection is in the agents' room: its event (the directory: contacts, agents) goes
+    # last, so the ones naming lists and conversations reach each socket first.
+    events = [(room, sorted(keys)) for room, keys in sorted(rooms.items(), key=lambda r: (r[0] == AGENTS, r[0]))]
     publisher = current_app.extensions.get(PUBLISHER)
     if not events:
         return
