@@ -325,7 +325,9 @@ class SmartCache:
         self._flask_cache = Cache()
         self._locks: "weakref.WeakValueDictionary[str, threading.Lock]" = weakref.WeakValueDictionary()
         self._locks_guard = threading.Lock()
-        self._degraded = False  # set when the backend failed; cleared by bumping the epoch
+        self._degraded = False  # set when the backend failed; cleared once the epoch has moved
+        self._failures = 0  # writes lost so far: a recovery counts only if none was lost during it
+        self._recovering = threading.Lock()
         self._bumps = threading.local()  # invalidations made by each thread (invalidations_in_this_thread)
 
     # -- setup -----------------------------------------------------------------
@@ -556,19 +558,24 @@ class SmartCache:
             metrics.record_error()
         if not self._degraded:
             log.warning("cache backend unavailable (%s %s): %s; serving from the database", action, key, exc)
+        self._failures += 1
         self._degraded = True
 
     def _recover(self) -> None:
-        """First contact after an outage: a new epoch makes everything cached before it invisible."""
-        # Cleared before the write: a write lost by another thread meanwhile sets it again and
-        # moves the epoch once more, rather than being wiped out by this thread's clear.
-        self._degraded = False
-        self._bumps.count = getattr(self._bumps, "count", 0) + 1  # a new epoch, like an invalidation
-        try:
+        """First contact after an outage: a new epoch makes everything cached before it invisible.
+
+        The cache stays degraded until the new epoch is written: every other thread (greenlet,
+        under gevent, where the write yields) that finds it degraded waits here for that write,
+        instead of reading entries under the old epoch that a lost invalidation left stale. A
+        write lost by another thread during the recovery keeps it degraded: the epoch moves again."""
+        with self._recovering:
+            if not self._degraded:
+                return  # another thread moved the epoch while this one waited
+            lost = self._failures
+            self._bumps.count = getattr(self._bumps, "count", 0) + 1  # a new epoch, like an invalidation
             self.backend.set("g:" + EPOCH, _stamp(), timeout=self._generation_ttl())
-        except Exception:
-            self._degraded = True
-            raise
+            if self._failures == lost:
+                self._degraded = False
         log.warning("cache backend is back; new epoch, entries from before the outage are dropped")
 
     def _generation_ttl(self) -> int:

@@ -25,7 +25,7 @@ import time
 import pytest
 from flask import Flask
 
-from chat.cache import CircuitBreaker, SmartCache
+from chat.cache import CircuitBreaker, SmartCache, redis_client
 from tests.conftest import unavailable
 
 
@@ -136,6 +136,51 @@ def test_breaker_probes_and_closes_and_nothing_stale_after_sigcont(private_redis
         assert cache.get_or_fetch("conversation:1:messages", lambda: "v5") == "v4"  # cached again
     with other_app.app_context():
         assert other.get_or_fetch("conversation:1:messages", lambda: "other") == "v4"  # never v1
+
+
+def test_no_read_uses_the_old_epoch_while_another_thread_moves_it(private_redis):
+    """Recovery writes the new epoch; until that write is done, no other thread (or greenlet:
+    under gevent every Redis call yields) may read entries under the old one. It once marked the
+    cache healthy before the write, and a reader slipped in and served what a lost invalidation
+    had left stale (bench/faults.py: 1 stale read right after SIGCONT)."""
+    import threading
+
+    app, cache = make_cache(private_redis.url)
+    with app.app_context():
+        assert cache.get_or_fetch("conversation:1:messages", lambda: "old") == "old"
+        private_redis.freeze()
+        assert cache.get_or_fetch("conversation:1:messages", lambda: "db") == "db"  # times out: opens
+        cache.invalidate("conversation:1*")  # a commit meanwhile: skipped, never sent, lost
+        private_redis.thaw()
+        wait_for_probe(cache.breaker)
+        # Another client of the same server (limits, push) makes the probe: the breaker closes
+        # while the cache still has its epoch to move.
+        redis_client(private_redis.url).ping()
+        assert cache.breaker.state == "closed"
+        backend, writing, readers_done = cache.backend, threading.Event(), []
+        real_set = backend.set
+
+        def slow_epoch_write(key, *args, **kwargs):
+            if "@epoch" in key:
+                writing.set()
+                time.sleep(0.3)  # a slow round trip: other threads run meanwhile
+            return real_set(key, *args, **kwargs)
+
+        backend.set = slow_epoch_write
+
+        def reader():
+            writing.wait(5)
+            with app.app_context():
+                readers_done.append(cache.get_or_fetch("conversation:1:messages", lambda: "new"))
+
+        other = threading.Thread(target=reader)
+        other.start()
+        try:
+            assert cache.get_or_fetch("conversation:1:messages", lambda: "new") == "new"  # recovers
+        finally:
+            other.join(5)
+            backend.set = real_set
+        assert readers_done == ["new"]
 
 
 def test_killed_redis_restarted_empty_serves_nothing_stale(private_redis):
