@@ -37,7 +37,7 @@ from flask_socketio import rooms as joined_rooms
 from .cache import redis_client
 from .config import CLUSTER_SCHEME, is_cluster_url, parse_redis_cluster_url
 
-from .visibility import AGENTS, rooms_for
+from .visibility import rooms_for
 
 log = logging.getLogger("chat.push")
 socketio = SocketIO()
@@ -51,7 +51,44 @@ PUBLISHER = "chat.publisher"  # app.extensions key: the background Publisher, or
 PUBLISH_QUEUE_SIZE = 1000  # events waiting for the message queue; more are dropped (push is a hint)
 
 
-class QueueManager(python_socketio.RedisManager):
+BUNDLE = "chat:bundle"  # the "room" of a commit's events: each process fans them out (OneEventPerSocket)
+
+
+class OneEventPerSocket:
+    """A client manager that turns a commit's events, room -> keys, into one `data:updated` per
+    socket naming the keys of every room it is in (each room hears only its own scope, so no
+    socket learns a key it is not entitled to). Emitting per room would send a socket in two
+    rooms two events: every agent is in the agents' room, so a new contact doubled the fan-out,
+    whose cost is per event per socket. Sockets told the same keys share one encoded packet."""
+
+    def fan_out(self, namespace: str, rooms: dict[str, list[str]]) -> None:
+        keys_of: dict[str, set[str]] = {}
+        for room, keys in rooms.items():
+            for sid, _ in self.get_participants(namespace, room):
+                keys_of.setdefault(sid, set()).update(keys)
+        audiences: dict[tuple[str, ...], list[str]] = {}
+        for sid, keys in keys_of.items():
+            audiences.setdefault(tuple(sorted(keys)), []).append(sid)
+        for keys, sids in sorted(audiences.items()):
+            # This process's sockets only (every process runs fan_out on the same bundle).
+            python_socketio.Manager.emit(self, EVENT, {"keys": list(keys)}, namespace, to=sids)
+
+    @staticmethod
+    def is_bundle(room) -> bool:
+        return room == BUNDLE
+
+
+class LocalManager(OneEventPerSocket, python_socketio.Manager):
+    """Without a message queue: this process's sockets."""
+
+    def emit(self, event, data, namespace, room=None, skip_sid=None, callback=None, to=None, **kwargs):
+        if self.is_bundle(to or room):
+            return self.fan_out(namespace, data["rooms"])
+        return super().emit(event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, to=to,
+                            **kwargs)
+
+
+class QueueManager(OneEventPerSocket, python_socketio.RedisManager):
     """python-socketio's Redis message queue, with the app's Redis discipline: publishing uses a
     client with short timeouts, no retries and the circuit breaker, and fails at once when
     Redis is being skipped; the listener keeps a client without a read timeout (it waits for
@@ -62,6 +99,12 @@ class QueueManager(python_socketio.RedisManager):
         super().__init__(url, channel=channel, redis_options=listen)
         self._publisher = redis_client(url)
         self._listen_turn = 0  # on a cluster: which node the listener (re)connects to next
+
+    def _handle_emit(self, message):
+        """A bundle (published by any process, this one included) fans out to the sockets here."""
+        if self.is_bundle(message.get("room")):
+            return self.fan_out(message.get("namespace") or "/", message["data"][0]["rooms"])
+        return super()._handle_emit(message)
 
     def _publish(self, data):
         if not is_cluster_url(self.redis_url):
@@ -152,7 +195,7 @@ def init_app(app: Flask) -> None:
     on_redis = bool(queue) and queue.startswith(("redis://", "rediss://", "unix://", CLUSTER_SCHEME))
     # Always name the manager (None: this process only): Flask-SocketIO keeps the options of
     # an earlier init_app, and tests make many apps.
-    queue_options = {"client_manager": QueueManager(queue, channel) if on_redis else None}
+    queue_options = {"client_manager": QueueManager(queue, channel) if on_redis else LocalManager()}
     if queue and not on_redis:
         queue_options = {"message_queue": queue, "channel": channel}
     socketio.init_app(
@@ -252,9 +295,7 @@ def _registered(agent_id: int) -> set[str]:
 def publish(rooms: dict[str, set[str]]) -> None:
     """One `data:updated` {"keys": [...]} per room; failures are logged, never raised: push is a
     hint. With a message queue the events go through the background Publisher."""
-    # Every connection is in the agents' room: its event (the directory: contacts, agents) goes
-    # last, so the ones naming lists and conversations reach each socket first.
-    events = [(room, sorted(keys)) for room, keys in sorted(rooms.items(), key=lambda r: (r[0] == AGENTS, r[0]))]
+    events = [(room, sorted(keys)) for room, keys in sorted(rooms.items())]
     publisher = current_app.extensions.get(PUBLISHER)
     if not events:
         return
@@ -271,7 +312,14 @@ def flush(timeout: float = 5.0) -> bool:
 
 
 def _emit(events: list[tuple[str, list[str]]]) -> None:
-    for room, keys in events:
+    if isinstance(socketio.server.manager, OneEventPerSocket):
+        try:
+            socketio.emit(EVENT, {"rooms": dict(events)}, to=BUNDLE)
+            log.debug("PUSH %s", events)
+        except Exception as exc:  # noqa: BLE001 - a lost hint is caught by revalidation
+            log.warning("could not push %s: %s", [room for room, _ in events], exc)
+        return
+    for room, keys in events:  # another message queue (SOCKETIO_MESSAGE_QUEUE): one event per room
         try:
             socketio.emit(EVENT, {"keys": keys}, to=room)
             log.debug("PUSH %s %s", room, keys)

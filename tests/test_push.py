@@ -68,6 +68,22 @@ def test_event_names_the_stale_keys(app, world, login):
     assert "convs:all" not in keys  # the admins' tag goes to the admins' room only
 
 
+def test_one_event_per_socket_naming_what_each_of_its_rooms_may_hear(app, world, login):
+    """A new contact writing in changes the directory (heard by the agents' room: every socket)
+    and the unassigned queue (its own room): a socket in both gets one event naming both, not
+    one per room (the fan-out's cost is per event per socket). Which room hears what is
+    test_events_go_to_the_rooms_that_may_see_the_change's."""
+    ana, carla = connect(app, login("ana@example.com")), connect(app, login("carla@example.com"))
+    for client in (ana, carla):
+        client.get_received()
+    with app.app_context():
+        found = domain.receive_inbound("+551100000077", "first words", name="Someone New")
+    for client in (ana, carla):
+        received = events(client, wait=0.5)
+        assert len(received) == 1, received
+        assert {"contacts", f"conversation:{found.conversation_id}"} <= set(received[0])
+
+
 def test_clients_cannot_choose_rooms(app, world, login):
     carla = connect(app, login("carla@example.com"))
     carla.emit("join", {"room": f"dept:{world.support}"})
