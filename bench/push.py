@@ -1,7 +1,7 @@
 """5. Push: from a committed change to `data:updated` arriving at 1, 100, 1,000 and 5,000 clients.
 
-Socket.IO clients (python-socketio AsyncClient, websocket transport, signed in with a real
-session cookie) connect to one gunicorn process as `make run` serves it (gevent worker: a socket
+Socket.IO clients (websockets speaking Engine.IO 4 / Socket.IO 5, signed in with a real session
+cookie: see ThinClient; BENCH_PUSH_CLIENT=socketio uses python-socketio's AsyncClient) connect to one gunicorn process as `make run` serves it (gevent worker: a socket
 is a few greenlets, not a thread); then, one change at a time, the bench POSTs a contact's
 message to /api/inbound (the webhook: it commits a new pending conversation that every agent may
 see) and times each client's `data:updated` naming the pending list (the agent also gets one
@@ -24,6 +24,7 @@ per websocket: clients + 50 threads), for comparison.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 import uuid
@@ -53,6 +54,52 @@ def raise_open_files(needed: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
+class ThinClient:
+    """A websocket speaking just enough Engine.IO 4 / Socket.IO 5 to be one connected browser to
+    the server: the handshake, the namespace connect (the server checks the session cookie and
+    joins the agent's rooms), answering pings, and each event's arrival time, stamped as its
+    frame is read. python-socketio's AsyncClient does the same through several more layers and a
+    task per event: with thousands in one process on the server's 2 cores, the load generator's
+    own work would be most of the figure (BENCH_PUSH_CLIENT=socketio measures with it)."""
+
+    def __init__(self, http, base: str, cookie: str, on_event) -> None:
+        self.http, self.url, self.cookie, self.on_event = http, base.replace("http", "ws", 1), cookie, on_event
+        self.ws, self.reader, self.connected = None, None, False
+
+    async def connect(self) -> None:
+        self.ws = await self.http.ws_connect(self.url + "/socket.io/?EIO=4&transport=websocket",
+                                             headers={"Cookie": self.cookie}, autoping=True)
+        opened = await self.ws.receive_str(timeout=60)
+        if not opened.startswith("0"):
+            raise RuntimeError(f"Engine.IO open expected, got {opened[:80]!r}")
+        await self.ws.send_str("40")
+        joined = await self.ws.receive_str(timeout=60)
+        if not joined.startswith("40"):
+            raise RuntimeError(f"Socket.IO connect refused: {joined[:120]!r}")
+        self.connected = True
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        import aiohttp
+
+        async for message in self.ws:
+            if message.type != aiohttp.WSMsgType.TEXT:
+                break
+            if message.data == "2":  # Engine.IO ping
+                await self.ws.send_str("3")
+            elif message.data.startswith("42"):
+                at = time.perf_counter()
+                name, data = json.loads(message.data[2:])
+                self.on_event(name, data, at)
+        self.connected = False
+
+    async def disconnect(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self.reader is not None:
+            await asyncio.gather(self.reader, return_exceptions=True)
+
+
 async def _measure(client_base: str, change_base: str, cookie: str, clients: int, changes: int,
                    list_changes: int = 0) -> dict:
     import aiohttp
@@ -62,20 +109,29 @@ async def _measure(client_base: str, change_base: str, cookie: str, clients: int
     current = {"change": -1}
     sockets = []
 
+    def updated(name, data, at):
+        # The event that refreshes the pending list: a new contact also sends every agent one
+        # naming "contacts" (another room), which must not count as this one arriving.
+        if name == "data:updated" and current["change"] >= 0 and \
+                any(k.startswith("convs:") for k in (data or {}).get("keys", [])):
+            arrivals[current["change"]].append(at)
+
     def make():
+        if os.environ.get("BENCH_PUSH_CLIENT") != "socketio":
+            return ThinClient(ws_http, client_base, cookie, updated)
         sio = socketio.AsyncClient(reconnection=False)
 
         @sio.on("data:updated")
         async def _updated(data):
-            # The event that refreshes the pending list: a new contact also sends every agent
-            # one naming "contacts" (another room), which must not count as this one arriving.
-            if current["change"] >= 0 and any(k.startswith("convs:") for k in (data or {}).get("keys", [])):
-                arrivals[current["change"]].append(time.perf_counter())
+            updated("data:updated", data, time.perf_counter())
 
         return sio
 
     async def connect(sio):
-        await sio.connect(client_base, headers={"Cookie": cookie}, transports=["websocket"], wait_timeout=60)
+        if isinstance(sio, ThinClient):
+            await sio.connect()
+        else:
+            await sio.connect(client_base, headers={"Cookie": cookie}, transports=["websocket"], wait_timeout=60)
 
     reads: list[tuple[float, float, int]] = []  # (sent, ms, status) of every list read under load
     windows: list[float] = []  # seconds each loaded fan-out lasted
@@ -91,6 +147,7 @@ async def _measure(client_base: str, change_base: str, cookie: str, clients: int
                 status = 0
             reads.append((t0, 1000 * (time.perf_counter() - t0), status))
 
+    ws_http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     try:
         started = time.perf_counter()
         for start in range(0, clients, WAVE):
@@ -135,6 +192,7 @@ async def _measure(client_base: str, change_base: str, cookie: str, clients: int
                 await asyncio.sleep(0.05)
     finally:
         await asyncio.gather(*(s.disconnect() for s in sockets), return_exceptions=True)
+        await ws_http.close()
 
     def latencies(changes_range):
         return [1000 * (a - sent[n]) for n in changes_range for a in arrivals[n]]
@@ -171,7 +229,9 @@ def run(ctx) -> dict:
     gthread = os.environ.get("BENCH_PUSH_WORKER") == "gthread"
     largest = max(sizes.push_clients)
     raise_open_files(2 * largest + 2_000)  # the clients' sockets, the server's, and some to spare
-    results = {"settings": {"transport": "websocket", "client": "python-socketio AsyncClient, one process",
+    client = "python-socketio AsyncClient" if os.environ.get("BENCH_PUSH_CLIENT") == "socketio" else \
+        "thin Engine.IO/Socket.IO websocket clients (aiohttp)"
+    results = {"settings": {"transport": "websocket", "client": f"{client}, one process",
                             "change": "POST /api/inbound (commit), timed from the request",
                             "server": "gunicorn gthread, clients + 50 threads" if gthread
                             else "gunicorn gevent (gunicorn.conf.py), 1 worker",
