@@ -21,13 +21,13 @@ import time
 import uuid
 
 import pytest
-from flask import Flask
 
 from chat import create_app
-from chat.cache import SmartCache, hash_tagged
+from chat.cache import hash_tagged
 from chat.extensions import db
 from tests.conftest import CSRF_META, PASSWORD, app_with_tables, make_config, make_user
 from tests.live import BIN, INBOUND_TOKEN, ROOT, LiveServer, http
+from tests.test_cache import make_cache
 from tests.test_push import sign_in, socket_client, wait_for
 
 
@@ -57,14 +57,6 @@ def test_hash_tag_of_the_key_prefix():
     assert hash_tagged("a{}b:") == "{a{}b:}"  # an empty {} is no tag to Redis
     with pytest.raises(ValueError, match="may not be empty"):
         hash_tagged("")
-
-
-def make_cache(config: dict) -> tuple[Flask, SmartCache]:
-    app = Flask(__name__)
-    app.config.update(config)
-    cache = SmartCache()
-    cache.init_app(app)
-    return app, cache
 
 
 def test_every_cache_key_is_in_one_slot(redis_cluster_config):
