@@ -3,8 +3,9 @@
 A browser's Socket.IO connection is accepted only from a signed-in session, and the server
 (never the client) puts it in the rooms it is entitled to: its agent, its departments, every
 agent's room, and admins. After a commit, invalidation.py tells `publish` which keys went
-stale for which room; each room gets one `data:updated` event naming them. The event is only
-a hint (Socket.IO delivers at most once): browsers revalidate on reconnect.
+stale for which room; each socket gets one `data:updated` event naming the keys of the rooms it
+is in (OneEventPerSocket). The event is only a hint (Socket.IO delivers at most once): browsers
+revalidate on reconnect.
 
 With REDIS_URL set, Redis is the message queue, so an event raised in any process (a web
 worker, the inbound webhook, a CLI command) reaches browsers connected to any other. On a
@@ -193,8 +194,8 @@ def init_app(app: Flask) -> None:
         else app.config.get("REDIS_URL")
     channel = app.config.get("SOCKETIO_CHANNEL", "chat-socketio")
     on_redis = bool(queue) and queue.startswith(("redis://", "rediss://", "unix://", CLUSTER_SCHEME))
-    # Always name the manager (None: this process only): Flask-SocketIO keeps the options of
-    # an earlier init_app, and tests make many apps.
+    # Always name the manager (LocalManager: this process only): Flask-SocketIO keeps the
+    # options of an earlier init_app, and tests make many apps.
     queue_options = {"client_manager": QueueManager(queue, channel) if on_redis else LocalManager()}
     if queue and not on_redis:
         queue_options = {"message_queue": queue, "channel": channel}
@@ -293,8 +294,9 @@ def _registered(agent_id: int) -> set[str]:
 
 
 def publish(rooms: dict[str, set[str]]) -> None:
-    """One `data:updated` {"keys": [...]} per room; failures are logged, never raised: push is a
-    hint. With a message queue the events go through the background Publisher."""
+    """One `data:updated` {"keys": [...]} per socket, the keys of its rooms; failures are logged,
+    never raised: push is a hint. With a message queue the events go through the background
+    Publisher, as one bundle for every process."""
     events = [(room, sorted(keys)) for room, keys in sorted(rooms.items())]
     publisher = current_app.extensions.get(PUBLISHER)
     if not events:
