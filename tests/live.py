@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -93,8 +94,10 @@ class LiveServer:
             self.process.wait(timeout=5)
 
     def cleanup(self) -> None:
+        """Stop, and delete this server's keys from a shared Redis (a private Redis Cluster is
+        the test session's own and goes with it)."""
         self.stop()
-        if self.redis_url:
+        if self.redis_url and not self.redis_url.startswith("redis+cluster://"):
             import redis
 
             client = redis.Redis.from_url(self.redis_url)
@@ -103,10 +106,69 @@ class LiveServer:
 
     def inbound(self, **message) -> int:
         """POST /api/inbound as the messaging provider; returns the conversation id."""
+        return self.inbound_data(**message)["conversation_id"]
+
+    def inbound_data(self, **message) -> dict:
+        """POST /api/inbound as the messaging provider; returns its answer's data (the
+        conversation's and the message's ids)."""
         response = http().post(f"{self.base}/api/inbound", json=message, timeout=5,
                                headers={"Authorization": f"Bearer {INBOUND_TOKEN}"})
         assert response.status_code in (200, 201), response.text
-        return response.json()["data"]["conversation_id"]
+        return response.json()["data"]
+
+    def flask(self, *args: str) -> str:
+        """Run a `flask` command on this server's database and Redis; returns what it printed."""
+        done = subprocess.run([str(BIN / "flask"), "--app", "app", *args], cwd=ROOT, env=self.env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"flask {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+
+@contextmanager
+def running_pair(tmp: Path, redis_url: str | None = None, seed: tuple[str, ...] = (), env: dict | None = None):
+    """gunicorn A and gunicorn B over one migrated, seeded database (and one Redis namespace when
+    redis_url is given), both answering; `env` is added after the seed, so only the servers see it."""
+    a = LiveServer(tmp, redis_url=redis_url, seed=seed)
+    a.env.update(env or {})
+    b = a.twin()
+    try:
+        a.start()
+        b.start()
+        yield a, b
+    finally:
+        b.stop()
+        a.cleanup()
+
+
+def sign_in(server: LiveServer, email: str = "ana@example.com"):
+    """A signed-in requests session on `server` (session.csrf: its token), and its Cookie header
+    for a socket."""
+    session = http()
+    page = session.get(f"{server.base}/login").text
+    token = page.split('name="csrf-token" content="')[1].split('"')[0]
+    session.post(f"{server.base}/login", allow_redirects=False,
+                 data={"email": email, "password": PASSWORD, "csrf_token": token})
+    session.csrf = token
+    return session, "; ".join(f"{k}={v}" for k, v in session.cookies.items())
+
+
+def socket_client(server: LiveServer, cookie: str, received: list):
+    """A python-socketio client on `server` (long-polling), appending (time, event, args) of each
+    data:updated, session:ended and disconnect to `received`."""
+    import socketio as socketio_client
+
+    client = socketio_client.Client(reconnection=False)
+    for name in ("data:updated", "session:ended", "disconnect"):
+        client.on(name, lambda *args, name=name: received.append((time.monotonic(), name, args)))
+    client.connect(server.base, headers={"Cookie": cookie}, transports=["polling"], wait_timeout=5)
+    return client
+
+
+def wait_for(condition, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
 
 
 def embedded_and_redis(name: str, seed: tuple[str, ...]):

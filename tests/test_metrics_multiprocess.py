@@ -7,7 +7,7 @@ import re
 import pytest
 
 from chat import metrics
-from tests.live import LiveServer, http
+from tests.live import LiveServer, http, running_pair
 
 
 @pytest.fixture(scope="module")
@@ -15,16 +15,9 @@ def two_processes(tmp_path_factory):
     """gunicorn A and B over one SQLite database, writing their numbers to one shared directory."""
     tmp = tmp_path_factory.mktemp("multiproc")
     (tmp / "prometheus").mkdir()
-    a = LiveServer(tmp, seed=("--agents", "2", "--conversations", "5", "--messages", "10"))
-    a.env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp / "prometheus")  # after the seed: only the servers count
-    b = a.twin()
-    try:
-        a.start()
-        b.start()
-        yield a, b
-    finally:
-        b.stop()
-        a.cleanup()
+    with running_pair(tmp, seed=("--agents", "2", "--conversations", "5", "--messages", "10"),
+                      env={"PROMETHEUS_MULTIPROC_DIR": str(tmp / "prometheus")}) as pair:
+        yield pair
 
 
 def sign_in_admin(server: LiveServer):

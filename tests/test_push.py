@@ -1,16 +1,15 @@
-"""Push over Socket.IO: who may connect, which rooms hear what, and across processes."""
+"""Push over Socket.IO: who may connect, which rooms hear what, and a stopping server closing its
+sockets. Across processes: tests/test_two_processes.py and tests/test_cluster.py."""
 import os
 import signal
 import time
 
-import pytest
 
 from chat import catalog, domain
 from chat.extensions import db
 from chat.models import Conversation, User
 from chat.push import socketio
-from tests.conftest import REDIS_URL, redis_client
-from tests.live import LiveServer, http
+from tests.live import LiveServer, sign_in, socket_client, wait_for
 
 
 def connect(app, agent=None):
@@ -154,83 +153,6 @@ def test_socket_with_a_signed_out_session_is_refused(app, world, login):
     laptop, phone = login("ana@example.com"), login("ana@example.com")
     laptop.post("/logout", htmx=False)
     assert not connect(app, phone).is_connected()
-
-
-# -- two processes sharing Redis ----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def two_processes(tmp_path_factory):
-    """gunicorn A and gunicorn B over one database, with Redis as cache and message queue."""
-    redis_client()
-    a = LiveServer(tmp_path_factory.mktemp("two"), redis_url=REDIS_URL,
-                   seed=("--agents", "3", "--conversations", "10", "--messages", "20"))
-    b = a.twin()
-    try:
-        a.start()
-        b.start()
-        yield a, b
-    finally:
-        b.stop()
-        a.cleanup()
-
-
-def sign_in(server: LiveServer, email: str = "ana@example.com"):
-    """A signed-in requests session on `server`, and its Cookie header for a socket."""
-    session = http()
-    page = session.get(f"{server.base}/login").text
-    token = page.split('name="csrf-token" content="')[1].split('"')[0]
-    session.post(f"{server.base}/login", allow_redirects=False,
-                 data={"email": email, "password": "demo-pass", "csrf_token": token})
-    session.csrf = token
-    return session, "; ".join(f"{k}={v}" for k, v in session.cookies.items())
-
-
-def socket_client(server: LiveServer, cookie: str, received: list):
-    import socketio as socketio_client
-
-    client = socketio_client.Client(reconnection=False)
-    for name in ("data:updated", "session:ended", "disconnect"):
-        client.on(name, lambda *args, name=name: received.append((time.monotonic(), name, args)))
-    client.connect(server.base, headers={"Cookie": cookie}, transports=["polling"], wait_timeout=5)
-    return client
-
-
-def wait_for(condition, timeout: float = 5) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return condition()
-
-
-def test_event_raised_in_one_process_reaches_a_client_of_another(two_processes):
-    """Process A takes the webhook; the browser is connected to process B; Redis carries it."""
-    a, b = two_processes
-    received = []
-    client = socket_client(b, sign_in(b)[1], received)
-    try:
-        conversation_id = a.inbound(phone="+5511977770000", body="via A", external_id="two-1")
-        assert wait_for(lambda: any(name == "data:updated" and f"conversation:{conversation_id}" in args[0]["keys"]
-                                    for _, name, args in received)), received
-    finally:
-        if client.connected:
-            client.disconnect()
-
-
-def test_sign_out_through_one_process_disconnects_the_socket_on_another(two_processes):
-    a, b = two_processes
-    received, others = [], []
-    client = socket_client(b, sign_in(b)[1], received)
-    bruno = socket_client(b, sign_in(b, "bruno@example.com")[1], others)
-    try:
-        session, _ = sign_in(a)  # the same agent, signed in through process A
-        assert session.post(f"{a.base}/logout", headers={"X-CSRFToken": session.csrf},
-                            allow_redirects=False).status_code == 302
-        assert wait_for(lambda: not client.connected), received
-        assert [name for _, name, _ in received][-2:] == ["session:ended", "disconnect"]
-        assert bruno.connected and not any(name == "session:ended" for _, name, _ in others)
-    finally:
-        for c in (client, bruno):
-            if c.connected:
-                c.disconnect()
 
 
 # -- a stopping server closes its sockets at once -------------------------------------------------

@@ -4,9 +4,7 @@ tests/test_cache.py's "cluster" backend.
 
   a bad REDIS_URL stops the app, saying why ....... test_bad_redis_url_is_refused_at_startup
   every cache key in one slot (the hash tag) ...... test_every_cache_key_is_in_one_slot
-  no stale read across processes .................. test_no_stale_read_across_processes
-  push across processes, sign-out everywhere ...... test_event_raised_in_one_process_reaches_a_client_of_another,
-                                                    test_sign_out_through_one_process_disconnects_the_socket_on_another
+  two processes: no stale read, push, sign-out ... tests/test_two_processes.py (its "cluster" half)
   sign-in limits count on the cluster ............. test_sign_in_limits_count_together_on_the_cluster
   panel and `flask cache stats` ................... test_panel_and_cache_stats_name_the_cluster
   a frozen node skipped, nothing stale after ...... test_frozen_cache_node_is_skipped_and_nothing_stale_after
@@ -15,10 +13,7 @@ tests/test_cache.py's "cluster" backend.
 from __future__ import annotations
 
 import re
-import subprocess
-import threading
 import time
-import uuid
 
 import pytest
 
@@ -26,9 +21,7 @@ from chat import create_app
 from chat.cache import hash_tagged
 from chat.extensions import db
 from tests.conftest import CSRF_META, PASSWORD, app_with_tables, make_config, make_user
-from tests.live import BIN, INBOUND_TOKEN, ROOT, LiveServer, http
 from tests.test_cache import make_cache
-from tests.test_push import sign_in, socket_client, wait_for
 
 
 @pytest.mark.parametrize("url, message", [
@@ -72,103 +65,6 @@ def test_every_cache_key_is_in_one_slot(redis_cluster_config):
     assert len(keys) > 40 and {client.keyslot(k) for k in keys} == {client.keyslot(keys[0])}
     node = cache.cluster_node()
     assert client.get_redis_connection(node).dbsize() >= len(keys)  # all on the master that owns the slot
-
-
-# -- two gunicorn processes on the cluster -------------------------------------------------------
-def flask_cli(server: LiveServer, *args: str) -> str:
-    done = subprocess.run([str(BIN / "flask"), "--app", "app", *args], cwd=ROOT, env=server.env,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-@pytest.fixture(scope="module")
-def two_processes(tmp_path_factory, redis_cluster):
-    """gunicorn A and B over one database, the cluster as their cache, limits and Socket.IO queue
-    (migrated and seeded through `flask` commands on the cluster too)."""
-    a = LiveServer(tmp_path_factory.mktemp("cluster-two"), redis_url=redis_cluster.url,
-                   seed=("--agents", "3", "--conversations", "10", "--messages", "20"))
-    a.admin = {"Authorization": f"Bearer {flask_cli(a, 'agent', 'token', 'admin@example.com').split()[-1]}"}
-    b = a.twin()
-    try:
-        a.start()
-        b.start()
-        yield a, b
-    finally:
-        b.stop()
-        a.stop()  # the cluster is this session's own: no keys to delete
-
-
-def inbound(server: LiveServer, **message) -> dict:
-    response = http().post(f"{server.base}/api/inbound", json=message, timeout=5,
-                           headers={"Authorization": f"Bearer {INBOUND_TOKEN}"})
-    assert response.status_code in (200, 201), response.text
-    return response.json()["data"]
-
-
-def test_no_stale_read_across_processes(two_processes):
-    """Write through A; each read through B that starts after the write returned sees it, while
-    another reader keeps B's cache warm and racing."""
-    a, b = two_processes
-    first = inbound(a, phone="+5511955500001", name="Cluster Hammer", body="message 0",
-                    external_id=f"hammer-{uuid.uuid4().hex}")
-    cid = first["conversation_id"]
-    lists, messages = f"{b.base}/api/conversations?status=all", f"{b.base}/api/conversations/{cid}/messages"
-    stop = threading.Event()
-
-    def keep_reading():
-        session = http()
-        while not stop.is_set():
-            session.get(messages, headers=a.admin, timeout=5)
-            session.get(lists, headers=a.admin, timeout=5)
-
-    background = threading.Thread(target=keep_reading, daemon=True)
-    background.start()
-    reader, stale, reads = http(), [], 0
-    try:
-        for i in range(1, 31):
-            written = inbound(a, phone="+5511955500001", body=f"message {i}", external_id=f"hammer-{uuid.uuid4().hex}")
-            page = reader.get(messages, headers=a.admin, timeout=5)
-            listed = next(c for c in reader.get(lists, headers=a.admin, timeout=5).json()["data"] if c["id"] == cid)
-            reads += 2
-            if page.json()["data"][-1]["id"] != written["message_id"]:
-                stale.append(("messages", i, page.json()["data"][-1]["body"]))
-            if f"message {i}" not in str(listed["last_message"]):
-                stale.append(("list", i, listed["last_message"]))
-    finally:
-        stop.set()
-        background.join(timeout=10)
-    assert reads == 60 and stale == []
-
-
-def test_event_raised_in_one_process_reaches_a_client_of_another(two_processes):
-    """Process A takes the webhook; the browser's socket is on process B; the cluster carries it."""
-    a, b = two_processes
-    received = []
-    client = socket_client(b, sign_in(b)[1], received)
-    try:
-        sent = inbound(a, phone="+5511955500002", body="via A", external_id=f"push-{uuid.uuid4().hex}")
-        assert wait_for(lambda: any(name == "data:updated" and f"conversation:{sent['conversation_id']}" in args[0]["keys"]
-                                    for _, name, args in received)), received
-    finally:
-        if client.connected:
-            client.disconnect()
-
-
-def test_sign_out_through_one_process_disconnects_the_socket_on_another(two_processes):
-    """The sockets registry (a set per agent) lives on the cluster: A finds B's socket there."""
-    a, b = two_processes
-    received = []
-    client = socket_client(b, sign_in(b)[1], received)
-    try:
-        session, _ = sign_in(a)
-        assert session.post(f"{a.base}/logout", headers={"X-CSRFToken": session.csrf},
-                            allow_redirects=False).status_code == 302
-        assert wait_for(lambda: not client.connected), received
-        assert [name for _, name, _ in received][-2:] == ["session:ended", "disconnect"]
-    finally:
-        if client.connected:
-            client.disconnect()
 
 
 # -- in-process apps on the cluster -------------------------------------------------------------
