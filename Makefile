@@ -56,8 +56,11 @@ services:
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /tmp
 
 # make test runs the quick bench too (tests/test_bench.py), so it installs what make bench needs.
+# Two pytest-xdist workers: most tests wait on a browser, a gunicorn or a database, so two keep
+# both cores of a small machine busy (TEST_WORKERS=0 runs them in this one process).
+TEST_WORKERS ?= 2
 test: deps chromium wrk nginx services $(VENV)/.bench-installed
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 # make bench: every benchmark side by side (see "Performance" in README.md); writes
 # bench/results/<name>.json and charts. BENCH_ARGS=--quick is the smoke run the tests use.
