@@ -34,7 +34,7 @@ self.addEventListener("activate", function (event) {
   }).then(function () { return self.clients.claim(); }));
 });
 
-// Opened once per worker start: a page load asks for a dozen shell files at once.
+// Opened once per worker start: a page load asks for several shell files at once.
 var shellCachePromise = null;
 function shellCache() {
   if (!shellCachePromise) {

@@ -293,7 +293,7 @@ def test_a_new_release_replaces_the_shell_cleanly(open_page, server):
     controlled(page)
     first = page.evaluate("async () => (await caches.keys()).filter(n => n.startsWith('inbox-shell-'))")
     assert len(first) == 1
-    script = "document.querySelector('script[src*=\"client/store.js\"]').getAttribute('src')"
+    script = "document.querySelector('script[src*=\"/assets/client.js\"]').getAttribute('src')"
     old_src = page.evaluate(script)
     server.stop()
     server.env["RELEASE"] = f"test-{time.time()}"  # a deploy: another release of the shell
