@@ -46,6 +46,9 @@ def test_make_bench_quick():
     for scenario in (tp["hello"], tp["uncached"], tp["simple"]["hit"], tp["simple"]["304"]):
         assert scenario["rps"] > 0 and scenario["p50_ms"] <= scenario["p99_ms"]
     assert tp["ratios"]["simple"]["hit_over_hello"] > 0
+    side = tp["redis_vs_simple"]  # Redis hit over in-process hit, in alternating pairs
+    assert len(side["pairs"]) == side["rounds"] == 2
+    assert all(p["simple"] > 0 and p["redis"] > 0 and p["ratio"] > 0 for p in side["pairs"])
 
     designs = m["queries"]["designs"]
     assert designs["no_cache"]["read_queries"] >= designs["no_cache"]["reads"] > 0
