@@ -184,12 +184,15 @@ def test_graceful_stop_closes_websockets_within_two_seconds(tmp_path):
         server.start()
         ws = simple_websocket.Client.connect(f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket",
                                              headers={"Cookie": sign_in(server)[1]})
-        assert ws.receive(timeout=2).startswith("0")  # Engine.IO open
+        # Setting up may wait (the other test worker can hold both cores); the stop may not.
+        assert (ws.receive(timeout=10) or "").startswith("0")  # Engine.IO open
         ws.send("40")
-        assert ws.receive(timeout=2).startswith("40")  # Socket.IO connected
+        assert (ws.receive(timeout=10) or "").startswith("40")  # Socket.IO connected
         stopped_at = time.monotonic()
         os.kill(server.process.pid, signal.SIGTERM)
-        assert ws.receive(timeout=2) == "1"  # Engine.IO close
-        assert time.monotonic() - stopped_at < 2
+        closed = ws.receive(timeout=5)
+        elapsed = time.monotonic() - stopped_at
+        assert closed == "1", closed  # Engine.IO close
+        assert elapsed < 2, elapsed
     finally:
         server.cleanup()
