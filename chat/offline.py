@@ -44,7 +44,7 @@ def shell_version(static_folder: str, release: str) -> str:
 def bundle_text(static_folder: str, name: str, version: str) -> str:
     """The bundle's files in order, each under a comment naming it, separated so that one
     file's last statement cannot run into the next one's first."""
-    return "".join(f"/* ---- {part} ---- */\n{(Path(static_folder) / part).read_text()}\n;\n"
+    return "".join(f"/* ---- {part} ---- */\n{(Path(static_folder) / part).read_text(encoding='utf-8')}\n;\n"
                    for part in BUNDLES[name])
 
 
@@ -83,6 +83,6 @@ def bundle(name: str) -> Response:
 def service_worker() -> Response:
     static = current_app.static_folder
     head = "const RELEASE = {}, SHELL = {};\n".format(json.dumps(version()), json.dumps([asset(n) for n in SHELL]))
-    response = Response(head + (Path(static) / "sw.js").read_text(), mimetype="text/javascript")
+    response = Response(head + (Path(static) / "sw.js").read_text(encoding="utf-8"), mimetype="text/javascript")
     response.headers["Cache-Control"] = "no-cache"  # the browser checks for a new release on each visit
     return response

@@ -58,7 +58,7 @@ def test_a_bundle_is_its_files_in_order(app, name):
     body = response.get_data(as_text=True)
     at = 0
     for part in BUNDLES[name]:
-        source = (STATIC / part).read_text()
+        source = (STATIC / part).read_text(encoding="utf-8")
         found = body.find(f"/* ---- {part} ---- */\n{source}\n;\n", at)
         assert found >= at, f"{part} is missing or out of order in the {name} bundle"
         at = found + len(source)
