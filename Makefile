@@ -57,10 +57,12 @@ services:
 
 # make test runs the quick bench too (tests/test_bench.py), so it installs what make bench needs.
 # Two pytest-xdist workers: most tests wait on a browser, a gunicorn or a database, so two keep
-# both cores of a small machine busy (TEST_WORKERS=0 runs them in this one process).
+# both cores of a small machine busy (TEST_WORKERS=0 runs them in this one process). loadfile:
+# a module's tests stay on one worker, in order, so those sharing a live server (a cluster whose
+# process one test kills and the next counts) neither start it twice nor run without the others.
 TEST_WORKERS ?= 2
 test: deps chromium wrk nginx services $(VENV)/.bench-installed
-	$(BIN)/pytest -n $(TEST_WORKERS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 # make bench: every benchmark side by side (see "Performance" in README.md); writes
 # bench/results/<name>.json and charts. BENCH_ARGS=--quick is the smoke run the tests use.
