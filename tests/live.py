@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from bench.common import CHROMIUM_ARGS, chromium_executable, free_port, http
+from bench.common import CHROMIUM_ARGS, chromium_executable, cookie_header, free_port, http, log_in as form_log_in
 from tests.conftest import REDIS_URL, redis_client, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,13 +143,8 @@ def running_pair(tmp: Path, redis_url: str | None = None, seed: tuple[str, ...] 
 def sign_in(server: LiveServer, email: str = "ana@example.com"):
     """A signed-in requests session on `server` (session.csrf: its token), and its Cookie header
     for a socket."""
-    session = http()
-    page = session.get(f"{server.base}/login").text
-    token = page.split('name="csrf-token" content="')[1].split('"')[0]
-    session.post(f"{server.base}/login", allow_redirects=False,
-                 data={"email": email, "password": PASSWORD, "csrf_token": token})
-    session.csrf = token
-    return session, "; ".join(f"{k}={v}" for k, v in session.cookies.items())
+    session = form_log_in(server.base, email)
+    return session, cookie_header(session)
 
 
 def socket_client(server: LiveServer, cookie: str, received: list):
@@ -162,6 +157,18 @@ def socket_client(server: LiveServer, cookie: str, received: list):
         client.on(name, lambda *args, name=name: received.append((time.monotonic(), name, args)))
     client.connect(server.base, headers={"Cookie": cookie}, transports=["polling"], wait_timeout=5)
     return client
+
+
+def engineio_websocket(base: str, cookie: str):
+    """A raw websocket to Socket.IO's endpoint (Engine.IO 4), signed in with `cookie`, as a
+    browser opens it: websockets' sync client (recv(timeout=...) raises TimeoutError). Not
+    simple-websocket's client: a frame that arrives in the same read as the handshake's answer
+    (the server's Engine.IO open, when the machine is busy) stays unread there until the next
+    frame, a ping 25 s later."""
+    from websockets.sync.client import connect
+
+    return connect(base.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket",
+                   additional_headers={"Cookie": cookie}, proxy=None, compression=None, open_timeout=10)
 
 
 def wait_for(condition, timeout: float = 5) -> bool:

@@ -16,7 +16,7 @@ import pytest
 
 from deploy.cluster import STICKY_COOKIE, Cluster, flask, nginx_binary
 from tests.conftest import REDIS_URL, redis_client, throwaway_postgres, unavailable
-from tests.live import INBOUND_TOKEN, http, log_in, new_page, row
+from tests.live import INBOUND_TOKEN, engineio_websocket, http, log_in, new_page, row
 
 SOCKET_IO = "/socket.io/"
 
@@ -252,8 +252,6 @@ def test_killed_process_browsers_reconnect_elsewhere_and_miss_nothing(cluster, o
 def test_process_added_while_running_serves_requests(cluster):
     """A fourth gunicorn joins the upstream with an nginx reload and serves signed-in pages
     and Socket.IO; the panel then sums four processes, three of them running."""
-    import simple_websocket
-
     new_port = cluster.add_process()
     session = session_on(cluster, new_port)  # waits for the reload to take effect
     page = session.get(f"{cluster.url}/login", timeout=5)
@@ -266,25 +264,24 @@ def test_process_added_while_running_serves_requests(cluster):
 
     # A websocket is one request, so the sticky cookie takes it to the new process.
     cookie = "; ".join(f"{c.name}={c.value}" for c in session.cookies)
-    ws = simple_websocket.Client.connect(f"ws://127.0.0.1:{cluster.port}/socket.io/?EIO=4&transport=websocket",
-                                         headers={"Cookie": cookie})
-    try:
-        assert (ws.receive(timeout=15) or "").startswith("0")  # Engine.IO open (a fresh process may be slow)
+    with engineio_websocket(cluster.url, cookie) as ws:
+        assert ws.recv(timeout=15).startswith("0")  # Engine.IO open (a fresh process may be slow)
         ws.send("40")
-        assert (ws.receive(timeout=15) or "").startswith("40")  # Socket.IO connected: signed in
+        assert ws.recv(timeout=15).startswith("40")  # Socket.IO connected: signed in
         sent = inbound(session_on(cluster, cluster.first[0]), cluster, phone="+5511966600004",
                        body="to the newcomer", external_id=f"new-{uuid.uuid4().hex}")
         wanted, deadline = f"conversation:{sent['conversation_id']}", time.monotonic() + 5
         while time.monotonic() < deadline:
-            packet = ws.receive(timeout=1) or ""
+            try:
+                packet = ws.recv(timeout=1)
+            except TimeoutError:
+                continue
             if packet == "2":
                 ws.send("3")  # Engine.IO ping, pong
             elif packet.startswith("42") and "data:updated" in packet and wanted in packet:
                 break
         else:
             pytest.fail(f"no data:updated for {wanted} reached the socket on the new process")
-    finally:
-        ws.close()
     deadline = time.monotonic() + 5  # nginx logs a websocket once it has closed
     while not socket_upstreams(cluster, session.cookies[STICKY_COOKIE]) and time.monotonic() < deadline:
         time.sleep(0.05)

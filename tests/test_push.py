@@ -9,7 +9,7 @@ from chat import catalog, domain
 from chat.extensions import db
 from chat.models import Conversation, User
 from chat.push import socketio
-from tests.live import LiveServer, sign_in, socket_client, wait_for
+from tests.live import LiveServer, engineio_websocket, sign_in, socket_client, wait_for
 
 
 def connect(app, agent=None):
@@ -177,21 +177,18 @@ def test_graceful_stop_closes_sockets_within_two_seconds(tmp_path):
 def test_graceful_stop_closes_websockets_within_two_seconds(tmp_path):
     """The same over the websocket transport browsers use: an Engine.IO close ("1"), so the
     browser reconnects rather than taking it as a Socket.IO disconnect."""
-    import simple_websocket
-
     server = LiveServer(tmp_path, seed=("--agents", "2", "--conversations", "2", "--messages", "2"))
     try:
         server.start()
-        ws = simple_websocket.Client.connect(f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket",
-                                             headers={"Cookie": sign_in(server)[1]})
-        # Setting up may wait (the other test worker can hold both cores); the stop may not.
-        assert (ws.receive(timeout=10) or "").startswith("0")  # Engine.IO open
-        ws.send("40")
-        assert (ws.receive(timeout=10) or "").startswith("40")  # Socket.IO connected
-        stopped_at = time.monotonic()
-        os.kill(server.process.pid, signal.SIGTERM)
-        closed = ws.receive(timeout=5)
-        elapsed = time.monotonic() - stopped_at
+        with engineio_websocket(server.base, sign_in(server)[1]) as ws:
+            # Setting up may wait (the other test worker can hold both cores); the stop may not.
+            assert ws.recv(timeout=10).startswith("0")  # Engine.IO open
+            ws.send("40")
+            assert ws.recv(timeout=10).startswith("40")  # Socket.IO connected
+            stopped_at = time.monotonic()
+            os.kill(server.process.pid, signal.SIGTERM)
+            closed = ws.recv(timeout=5)
+            elapsed = time.monotonic() - stopped_at
         assert closed == "1", closed  # Engine.IO close
         assert elapsed < 2, elapsed
     finally:
