@@ -225,7 +225,8 @@ def http():
 
 
 def log_in(base: str, email: str) -> "requests.Session":
-    """A requests session signed in through the login form (CSRF token and all)."""
+    """A requests session signed in through the login form (CSRF token and all); session.csrf
+    is the token, for an X-CSRFToken header."""
     session = http()
     page = session.get(base + "/login", timeout=10)
     token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.text) or \
@@ -236,6 +237,7 @@ def log_in(base: str, email: str) -> "requests.Session":
                                                "password": PASSWORD}, timeout=10, allow_redirects=False)
     if done.status_code not in (302, 303) or "session" not in session.cookies:
         raise RuntimeError(f"could not sign in as {email}: {done.status_code}")
+    session.csrf = token.group(1)  # still valid: the session keeps the token it was signed for
     return session
 
 

@@ -105,7 +105,7 @@ def run(ctx) -> dict:
         stack.callback(server.stop)
         results["hello"] = wrk(server.base + "/bench/hello", {}, seconds, connections)
         results["simple"] = _product_scenarios(server.base, seconds, connections, "simple")
-        server.stop()
+        # Left up, idle, for the side-by-side pairs with the Redis server at the end.
 
         uncached = Gunicorn(workdir, app_env(ctx.database, BENCH_UNCACHED=1), name="tp-uncached")
         stack.callback(uncached.stop)
@@ -123,13 +123,11 @@ def run(ctx) -> dict:
             redis_server = Gunicorn(workdir, app_env(ctx.database, ctx.redis_url), name="tp-redis")
             stack.callback(redis_server.stop)
             results["redis"] = _product_scenarios(redis_server.base, seconds, connections, "redis")
-            server = Gunicorn(workdir, app_env(ctx.database), name="tp-simple-again")
-            stack.callback(server.stop)
             rounds = 5 if sizes.name == "full" else 2
             results["redis_vs_simple"] = _side_by_side({"simple": server, "redis": redis_server}, rounds,
                                                        max(1, int(seconds // 2)), connections)
-            server.stop()
             redis_server.stop()
+        server.stop()
 
     hello, uncached_rps = results["hello"]["rps"], results["uncached"]["rps"]
     results["ratios"] = {}

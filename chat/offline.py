@@ -27,7 +27,8 @@ BUNDLES = {
 }
 # The shell the worker keeps: the stylesheet, the bundles, and the page for what was never seen.
 SHELL = ("app.css", "bundle:base", "bundle:client", "offline.html")
-SOURCES = ("app.css", *BUNDLES["base"], *BUNDLES["client"], "offline.html", "sw.js")
+# The files behind the shell, and the worker itself: what a release is made of.
+SOURCES = (*(part for name in SHELL for part in BUNDLES.get(name.removeprefix("bundle:"), (name,))), "sw.js")
 
 
 @lru_cache(maxsize=4)
