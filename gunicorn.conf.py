@@ -52,6 +52,11 @@ def post_worker_init(worker) -> None:
 
         signal.signal(signum, stop)
     signal.siginterrupt(signal.SIGTERM, False)  # as gunicorn had it: don't disturb active requests
+    # The embedded default delivers replies from inside this process (DELIVERY_WORKER=off: the
+    # scaled deployment's `flask worker` processes do). Under gevent its loops are greenlets.
+    from chat import worker as delivery
+
+    delivery.start_embedded(worker.wsgi)
 
 
 def child_exit(server, worker) -> None:

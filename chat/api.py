@@ -7,7 +7,7 @@ from functools import wraps
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from . import domain, fragments, metrics, queries, reads, throttle
+from . import catalog, delivery, domain, fragments, metrics, queries, reads, throttle
 from .errors import DomainError, InvalidInput, NotFound, UnsupportedMediaType
 from .visibility import TABS, can_see_summary
 
@@ -134,25 +134,59 @@ def close(conversation_id: int):
     return ok(queries.conversation_summary(conversation))
 
 
-INBOUND_FIELDS = ("phone", "body", "name", "external_id", "avatar_url")
+@bp.post("/messages/<int:message_id>/retry")
+@agent_required
+def retry(message_id: int):
+    """Send a failed reply again (a new attempt the provider receives); 409 unless it failed."""
+    _json_body(optional=True)
+    return ok(queries.message_dict(delivery.retry(message_id, g.agent)))
+
+
+# -- the provider's side: the generic webhook channel (the inbound token) ------------------------
+INBOUND_FIELDS = ("phone", "body", "name", "external_id", "avatar_url", "from_me", "channel")
+
+
+def provider_required(view):
+    """The messaging provider's bearer token (INBOUND_TOKEN)."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        token = _bearer()
+        if token is None:
+            return json_error("missing bearer token", 401)
+        if not hmac.compare_digest(token.encode(), current_app.config["INBOUND_TOKEN"].encode()):
+            return json_error("invalid token", 401)
+        return view(*args, **kwargs)
+
+    return wrapper
 
 
 @bp.post("/inbound")
+@provider_required
 def inbound():
-    """A contact's message from the messaging provider; retried deliveries are stored once."""
-    token = _bearer()
-    expected = current_app.config["INBOUND_TOKEN"]
-    if token is None:
-        return json_error("missing bearer token", 401)
-    if not hmac.compare_digest(token.encode(), expected.encode()):
-        return json_error("invalid token", 401)
+    """A contact's message from the messaging provider (or, with "from_me": true, the echo of one
+    the business sent); retried deliveries are stored once."""
     data = _json_body(*INBOUND_FIELDS)
+    if not isinstance(data.get("from_me", False), bool):
+        raise InvalidInput("from_me must be true or false")
+    channel = catalog.inbound_webhook_channel(data.get("channel"))
     result = domain.receive_inbound(
         phone=data.get("phone"),
         body=data.get("body"),
         name=data.get("name"),
         external_id=data.get("external_id"),
         avatar_url=data.get("avatar_url"),
+        channel_id=channel,
+        from_me=data.get("from_me", False),
     )
     payload = {"conversation_id": result.conversation_id, "message_id": result.message_id}
     return ok(payload, 201 if result.created else 200)
+
+
+@bp.post("/status")
+@provider_required
+def status():
+    """A delivery status for a provider message id; late, repeated and unknown ones answer 200."""
+    data = _json_body("id", "status", "reason")
+    outcome = delivery.record_status(data.get("id"), data.get("status"), data.get("reason"))
+    return ok({"id": data.get("id"), "status": data.get("status"), "outcome": outcome})

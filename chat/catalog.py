@@ -1,4 +1,4 @@
-"""Slow-changing data admins manage: departments, tags, quick replies and agents.
+"""Slow-changing data admins manage: departments, tags, quick replies, agents and channels.
 
 Like the domain module, these functions validate, change rows and commit, and know nothing
 of HTTP or the cache.
@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from .domain import reject_control_characters
 from .errors import InvalidInput, NotFound
 from .extensions import db
-from .models import ADMIN, ROLES, Department, QuickReply, Tag, User
+from .models import ADMIN, CHANNEL_KINDS, ROLES, WEBHOOK, WHATSAPP, Channel, Department, QuickReply, Tag, User
 
 COLOR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -144,6 +144,148 @@ def issue_api_token(email: str) -> str:
     token = agent.issue_api_token()
     db.session.commit()
     return token
+
+
+# -- channels ---------------------------------------------------------------------------------
+# Each kind's settings: (field, label, secret). A secret is never shown back; left blank when an
+# admin edits a channel, it keeps its value.
+CHANNEL_FIELDS: dict[str, tuple[tuple[str, str, bool], ...]] = {
+    WEBHOOK: (("url", "URL replies are POSTed to", False), ("secret", "Signing secret (HMAC-SHA256)", True)),
+    WHATSAPP: (("phone_number_id", "Phone number ID", False), ("access_token", "Access token", True),
+               ("app_secret", "App secret (webhook signatures)", True), ("verify_token", "Verify token", True),
+               ("graph_url", "Graph API base URL (blank: Meta's)", False)),
+}
+REQUIRED_SETTINGS = {WEBHOOK: ("url",), WHATSAPP: ("phone_number_id", "access_token", "app_secret", "verify_token")}
+ENVIRONMENT_CHANNELS = {WEBHOOK: "Webhook (environment)", WHATSAPP: "WhatsApp (environment)"}
+
+
+def _channel_settings(kind: str, given: dict, old: dict) -> dict:
+    settings = {}
+    for field, label, secret in CHANNEL_FIELDS[kind]:
+        value = given.get(field)
+        if value is not None and not isinstance(value, str):
+            raise InvalidInput(f"{label} must be text")
+        value = reject_control_characters((value or "").strip(), label)
+        if len(value) > 1000:
+            raise InvalidInput(f"{label} must be at most 1000 characters")
+        if secret and not value:
+            value = old.get(field, "")  # blank: keep the secret it had
+        if field in ("url", "graph_url") and value and not re.match(r"^https?://[^\s/]+", value):
+            raise InvalidInput(f"{label} must be an http:// or https:// URL")
+        if field == "phone_number_id" and value and not value.isdigit():
+            raise InvalidInput("Phone number ID must be digits")
+        if value:
+            settings[field] = value
+    missing = [label for field, label, _ in CHANNEL_FIELDS[kind] if field in REQUIRED_SETTINGS[kind]
+               and not settings.get(field)]
+    if missing:
+        raise InvalidInput(f"{missing[0]} is required")
+    return settings
+
+
+def save_channel(kind: object, name: object, settings: dict, active: bool = True, is_default: bool = False,
+                 channel_id: int | None = None) -> Channel:
+    """Create or update a channel; at most one is the default (for conversations that came
+    through none)."""
+    channel = _get(Channel, channel_id) if channel_id else Channel()
+    if channel_id:
+        kind = channel.kind  # a channel's kind is what it is
+    if kind not in CHANNEL_KINDS:
+        raise InvalidInput(f"kind must be one of {', '.join(CHANNEL_KINDS)}")
+    channel.kind = kind
+    channel.name = _text(name, "name", 80)
+    channel.settings = _channel_settings(kind, settings, dict(channel.settings or {}))
+    channel.active, channel.is_default = bool(active), bool(is_default)
+    if channel.is_default:
+        for other in db.session.scalars(select(Channel).where(Channel.is_default.is_(True))):
+            if other is not channel:
+                other.is_default = False
+    db.session.add(channel)
+    _commit_unique(f"a channel named {channel.name!r}")
+    return channel
+
+
+def delete_channel(channel_id: int) -> None:
+    """Conversations it carried keep their messages; their replies then say "no channel"."""
+    _delete(Channel, channel_id)
+
+
+def channels() -> list[dict]:
+    """Every channel, its settings as the admin page may show them (secrets only as set or not)."""
+    from .channels import adapter_for
+
+    return [{"id": c.id, "kind": c.kind, "name": c.name, "active": c.active, "is_default": c.is_default,
+             "settings": adapter_for(c.kind, dict(c.settings or {})).describe()}
+            for c in db.session.scalars(select(Channel).order_by(Channel.name))]
+
+
+def inbound_webhook_channel(channel_id: object = None) -> int | None:
+    """The generic webhook channel a message to POST /api/inbound came through: the one it names,
+    else the default channel if it is a webhook one, else the first active webhook channel."""
+    if channel_id is not None:
+        if not isinstance(channel_id, int) or isinstance(channel_id, bool):
+            raise InvalidInput("channel must be a channel id")
+        channel = db.session.get(Channel, channel_id)
+        if channel is None or channel.kind != WEBHOOK or not channel.active:
+            raise InvalidInput("channel must name an active webhook channel")
+        return channel.id
+    return db.session.scalar(select(Channel.id).where(Channel.kind == WEBHOOK, Channel.active.is_(True))
+                             .order_by(Channel.is_default.desc(), Channel.id).limit(1))
+
+
+def whatsapp_channels() -> list[Channel]:
+    return list(db.session.scalars(select(Channel).where(Channel.kind == WHATSAPP, Channel.active.is_(True))
+                                   .order_by(Channel.id)))
+
+
+def channels_from_environment(config) -> list[Channel]:
+    """The channels the environment configures (CHANNEL_WEBHOOK_*, WHATSAPP_*), created or
+    brought up to date; the first becomes the default when there is none."""
+    wanted = {}
+    if config.get("CHANNEL_WEBHOOK_URL"):
+        wanted[WEBHOOK] = {"url": config["CHANNEL_WEBHOOK_URL"], "secret": config.get("CHANNEL_WEBHOOK_SECRET") or ""}
+    if config.get("WHATSAPP_PHONE_NUMBER_ID"):
+        wanted[WHATSAPP] = {key: config.get(f"WHATSAPP_{key.upper()}") or "" for key in
+                            ("phone_number_id", "access_token", "app_secret", "verify_token", "graph_url")}
+    found = []
+    for kind, settings in wanted.items():
+        settings = {k: v for k, v in settings.items() if v}
+        channel = db.session.scalar(select(Channel).where(Channel.name == ENVIRONMENT_CHANNELS[kind]))
+        if channel is None:
+            channel = Channel(kind=kind, name=ENVIRONMENT_CHANNELS[kind], active=True)
+            db.session.add(channel)
+        if channel.settings != settings:
+            channel.settings = settings
+        found.append(channel)
+    if found and not db.session.scalar(select(func.count()).select_from(Channel).where(Channel.is_default.is_(True))):
+        found[0].is_default = True
+    if db.session.new or db.session.dirty:
+        try:
+            db.session.commit()
+        except IntegrityError:
+            db.session.rollback()  # another process made them at the same moment
+    return found
+
+
+def init_app(app) -> None:
+    """Channels configured by the environment are made (or updated) on this process's first
+    request, once the schema exists; `flask worker` makes them when it starts."""
+    if not (app.config.get("CHANNEL_WEBHOOK_URL") or app.config.get("WHATSAPP_PHONE_NUMBER_ID")):
+        return
+    state = {"done": False}
+
+    @app.before_request
+    def environment_channels():
+        if state["done"]:
+            return
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            channels_from_environment(app.config)
+            state["done"] = True
+        except SQLAlchemyError:
+            db.session.rollback()
+            app.logger.warning("channels from the environment not saved yet (is the schema upgraded?)", exc_info=True)
 
 
 def _get(model, ident: int | None):

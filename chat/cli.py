@@ -1,7 +1,9 @@
-"""Command-line tools: `flask --app app seed`, `agent token`, `inbound-token`, `cache stats|clear`."""
+"""Command-line tools: `flask --app app seed`, `agent token`, `inbound-token`, `cache stats|clear`, `worker`."""
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 import click
 from flask import Flask, current_app
@@ -9,7 +11,7 @@ from flask.cli import AppGroup, with_appcontext
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
-from . import catalog, metrics, seed as demo
+from . import catalog, metrics, seed as demo, worker
 from .cache import smart_cache
 from .errors import DomainError
 from .extensions import db
@@ -25,6 +27,7 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(agent_cli)
     app.cli.add_command(inbound_token_command)
     app.cli.add_command(cache_cli)
+    app.cli.add_command(worker_command)
 
 
 # add_command() does not wrap plain click commands: with_appcontext lets them run under any
@@ -89,6 +92,31 @@ def agent_create(email, name, role, password):
 def inbound_token_command():
     """Print the bearer token that POST /api/inbound expects."""
     click.echo(current_app.config["INBOUND_TOKEN"])
+
+
+@click.command("worker")
+@with_appcontext
+@click.option("--concurrency", type=int, default=None,
+              help="Replies sent at once by this process (default DELIVERY_CONCURRENCY).")
+def worker_command(concurrency):
+    """Deliver replies to their channels until stopped (SIGTERM or Ctrl+C): the scaled deployment
+    runs a few of these beside the web processes (DELIVERY_WORKER=off there)."""
+    app = current_app._get_current_object()
+    if concurrency is not None and concurrency < 1:
+        raise click.BadParameter("concurrency must be at least 1")
+    if not app.config.get("REDIS_URL"):
+        click.echo("Warning: REDIS_URL is not set, so the web server's in-process cache and its browsers never "
+                   "hear of this worker's changes (ticks stay stale until a reload). Use REDIS_URL, or the "
+                   "worker inside the server (DELIVERY_WORKER=embedded, the default).", err=True)
+    catalog.channels_from_environment(app.config)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    count = concurrency or app.config["DELIVERY_CONCURRENCY"]
+    click.echo(f"Delivery worker: {count} at once, polling every {app.config['DELIVERY_POLL_SECONDS']} s; "
+               "Ctrl+C stops it.")
+    worker.run(app, stop, count)
+    click.echo("Delivery worker stopped.")
 
 
 # -- cache ----------------------------------------------------------------------------------------

@@ -47,6 +47,25 @@ class Config:
     # address in the allow-list (comma-separated addresses or networks, e.g. 10.0.0.0/8,::1).
     METRICS_TOKEN = os.environ.get("METRICS_TOKEN")
     METRICS_ALLOW = os.environ.get("METRICS_ALLOW", "")
+    # Delivery (chat/delivery.py, chat/worker.py): a worker inside the gunicorn process
+    # ("embedded", the default) or none there ("off": `flask worker` processes deliver instead).
+    DELIVERY_WORKER = os.environ.get("DELIVERY_WORKER", "embedded")
+    DELIVERY_CONCURRENCY = int(os.environ.get("DELIVERY_CONCURRENCY") or 4)  # sends at once per worker
+    DELIVERY_POLL_SECONDS = float(os.environ.get("DELIVERY_POLL_SECONDS") or 0.5)  # other processes' replies
+    DELIVERY_SEND_TIMEOUT = float(os.environ.get("DELIVERY_SEND_TIMEOUT") or 10)
+    DELIVERY_LEASE_SECONDS = float(os.environ.get("DELIVERY_LEASE_SECONDS") or 60)  # > the send timeout
+    DELIVERY_MAX_ATTEMPTS = int(os.environ.get("DELIVERY_MAX_ATTEMPTS") or 8)
+    DELIVERY_BACKOFF_BASE = float(os.environ.get("DELIVERY_BACKOFF_BASE") or 1)  # seconds, doubling
+    DELIVERY_BACKOFF_MAX = float(os.environ.get("DELIVERY_BACKOFF_MAX") or 300)
+    # Channels from the environment, for a demo or a single-channel deployment (admin pages for
+    # the rest): the generic webhook channel and the WhatsApp Cloud API channel.
+    CHANNEL_WEBHOOK_URL = os.environ.get("CHANNEL_WEBHOOK_URL")
+    CHANNEL_WEBHOOK_SECRET = os.environ.get("CHANNEL_WEBHOOK_SECRET")
+    WHATSAPP_PHONE_NUMBER_ID = os.environ.get("WHATSAPP_PHONE_NUMBER_ID")
+    WHATSAPP_ACCESS_TOKEN = os.environ.get("WHATSAPP_ACCESS_TOKEN")
+    WHATSAPP_APP_SECRET = os.environ.get("WHATSAPP_APP_SECRET")
+    WHATSAPP_VERIFY_TOKEN = os.environ.get("WHATSAPP_VERIFY_TOKEN")
+    WHATSAPP_GRAPH_URL = os.environ.get("WHATSAPP_GRAPH_URL")  # None: Meta's Graph API (channels/whatsapp.py)
 
 
 def normalise_database_url(url: str) -> str:

@@ -14,12 +14,14 @@ from flask import current_app
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from . import delivery
 from .errors import Conflict, InvalidInput, NotFound
 from .extensions import db
 from .models import (
     ACTIVE,
     CLOSED,
     PENDING,
+    SENT,
     Contact,
     Conversation,
     Department,
@@ -106,10 +108,15 @@ def receive_inbound(
     name: object = None,
     external_id: object = None,
     avatar_url: object = None,
+    channel_id: int | None = None,
+    from_me: bool = False,
 ) -> InboundResult:
-    """Store a contact's message, opening or reopening its conversation as pending.
+    """Store a contact's message, opening or reopening its conversation as pending, and
+    remember the channel it came through (replies go back through it).
 
-    The same external_id twice stores one message: webhooks are retried.
+    The same external_id twice stores one message: webhooks are retried. from_me: the provider
+    reports a message the business sent (an echo of one of our replies, or one sent from its
+    phone): matched to the stored reply by its id, or stored once as sent; it opens nothing.
     """
     phone = clean_phone(phone)
     body = clean_body(body)
@@ -132,7 +139,9 @@ def receive_inbound(
         if existing:
             return existing
         try:
-            return _store_inbound(phone, body, name, external_id, avatar_url)
+            if from_me:
+                return _store_echo(phone, body, external_id, channel_id)
+            return _store_inbound(phone, body, name, external_id, avatar_url, channel_id)
         except IntegrityError:
             # A concurrent delivery of the same message or contact won the insert; look again.
             db.session.rollback()
@@ -150,8 +159,16 @@ def _by_external_id(external_id: str | None) -> InboundResult | None:
     return InboundResult(row.conversation_id, row.id, created=False) if row else None
 
 
-def _store_inbound(phone, body, name, external_id, avatar_url) -> InboundResult:
-    now = utcnow()
+def _latest_conversation(contact: Contact) -> Conversation | None:
+    return db.session.scalar(
+        select(Conversation)
+        .where(Conversation.contact_id == contact.id)
+        .order_by(Conversation.id.desc())
+        .limit(1)
+    )
+
+
+def _contact(phone: str, name: str, avatar_url: str | None = None) -> Contact:
     contact = db.session.scalar(select(Contact).where(Contact.phone == phone))
     if contact is None:
         contact = Contact(phone=phone, name=name, avatar_url=avatar_url)
@@ -162,13 +179,13 @@ def _store_inbound(phone, body, name, external_id, avatar_url) -> InboundResult:
             contact.name = name
         if avatar_url and contact.avatar_url != avatar_url:
             contact.avatar_url = avatar_url
+    return contact
 
-    conversation = db.session.scalar(
-        select(Conversation)
-        .where(Conversation.contact_id == contact.id)
-        .order_by(Conversation.id.desc())
-        .limit(1)
-    )
+
+def _store_inbound(phone, body, name, external_id, avatar_url, channel_id) -> InboundResult:
+    now = utcnow()
+    contact = _contact(phone, name, avatar_url)
+    conversation = _latest_conversation(contact)
     if conversation is None:
         conversation = Conversation(contact_id=contact.id, status=PENDING, unread_count=0)
         db.session.add(conversation)
@@ -177,20 +194,38 @@ def _store_inbound(phone, body, name, external_id, avatar_url) -> InboundResult:
         conversation.user_id = None
         conversation.unread_count = 0
     conversation.unread_count = (conversation.unread_count or 0) + 1
-    conversation.last_message_at = now
-    conversation.last_message_body = body
-    db.session.flush()
+    if channel_id is not None:
+        conversation.channel_id = channel_id
+    return _add_message(conversation, Message(body=body, from_me=False, external_id=external_id, created_at=now))
 
-    message = Message(
-        conversation_id=conversation.id,
-        body=body,
-        from_me=False,
-        external_id=external_id,
-        created_at=now,
-    )
+
+def _add_message(conversation: Conversation, message: Message) -> InboundResult:
+    """Store a message as the conversation's newest and commit."""
+    db.session.flush()
+    message.conversation_id = conversation.id
     db.session.add(message)
+    db.session.flush()
+    conversation.last_message_at = message.created_at
+    conversation.last_message_body = message.body
+    conversation.last_message_id = message.id
+    conversation.last_message_state = message.delivery_state if message.from_me else None
     db.session.commit()
     return InboundResult(conversation.id, message.id, created=True)
+
+
+def _store_echo(phone, body, external_id, channel_id) -> InboundResult:
+    """A message the business sent from elsewhere (its phone, another tool): one more sent reply
+    in the contact's latest conversation, which stays as it is (a new one is created closed:
+    nothing waits for an agent until the contact writes)."""
+    contact = _contact(phone, phone)
+    conversation = _latest_conversation(contact)
+    if conversation is None:
+        conversation = Conversation(contact_id=contact.id, status=CLOSED, unread_count=0, channel_id=channel_id)
+        db.session.add(conversation)
+    message = Message(body=body, from_me=True, external_id=external_id, created_at=utcnow(), delivery_state=SENT)
+    if external_id:
+        delivery.settle_echo(message)
+    return _add_message(conversation, message)
 
 
 def accept_conversation(conversation_id: int, agent: Agent) -> Conversation:
@@ -253,18 +288,22 @@ def send_reply(
     where = [Conversation.status == ACTIVE]
     if not agent.is_admin:
         where.append(Conversation.user_id == agent.id)
-    _conditional_update(
-        conversation_id,
-        tuple(where),
-        {"last_message_at": now, "last_message_body": body},
-        "conversation is no longer active",
-    )
     message = Message(
         conversation_id=conversation_id, body=body, from_me=True, user_id=agent.id, created_at=now,
         idempotency_key=key,
     )
     db.session.add(message)
     try:
+        db.session.flush()
+        # Its delivery row commits with it (the transactional outbox): nothing is lost after the commit.
+        delivery.enqueue(message, conversation)
+        _conditional_update(
+            conversation_id,
+            tuple(where),
+            {"last_message_at": now, "last_message_body": body, "last_message_id": message.id,
+             "last_message_state": message.delivery_state},
+            "conversation is no longer active",
+        )
         db.session.commit()
     except IntegrityError:
         # The unique (user_id, idempotency_key) settles a retry racing the original: it won.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
-from . import domain, fragments, reads
+from . import delivery, domain, fragments, reads
 from .errors import DomainError, NotFound
 from .fragments import CONVERSATION_LIST, CONVERSATION_PANE, MESSAGES, TAB_COUNTS
 from .visibility import can_see_summary
@@ -139,6 +139,13 @@ def reply(conversation_id: int):
     if sent.get("created") and response.status_code == 200:
         response.status_code = 201
     return response
+
+
+@bp.post("/conversations/<int:conversation_id>/messages/<int:message_id>/retry")
+def retry(conversation_id: int, message_id: int):
+    """Retry on a failed reply: sends it again, then the refreshed pane."""
+    return _answer_action(conversation_id, lambda: delivery.retry(message_id, current_user, conversation_id),
+                          done="Sending it again.")
 
 
 @bp.post("/conversations/<int:conversation_id>/accept")

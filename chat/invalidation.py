@@ -42,6 +42,10 @@ class Rule:
     # is the only column that changed, just `session_prefixes` go stale: no fragment shows it.
     session_column: str | None = None
     session_prefixes: tuple[str, ...] = ()
+    # (table, column): the rows of `table` whose id the row's `column` names are heard by the rooms
+    # those rows are (a message is heard where its conversation is). Read after the commit when
+    # the transaction did not change that row itself.
+    rooms_of_parent: tuple[str, str] | None = None
 
 
 # The one place that says what depends on what. A new fragment adds a line here; who may see
@@ -52,7 +56,8 @@ INVALIDATION_MAP: dict[str, Rule] = {
         tags_of=visibility.conversation_tags,
         rooms_of=visibility.conversation_rooms,
     ),
-    "messages": Rule(prefixes=("conversation:{conversation_id}:messages",)),
+    "messages": Rule(prefixes=("conversation:{conversation_id}:messages",),
+                     rooms_of_parent=("conversations", "conversation_id")),
     "contacts": Rule(prefixes=("contacts",), tags_on_update=(DIRECTORY,), rooms=(AGENTS,)),
     "departments": Rule(prefixes=("departments",), tags=(DIRECTORY,), rooms=(AGENTS,)),
     "users": Rule(prefixes=("user:{id}", "token", "agents"), tags=(DIRECTORY,), rooms=(AGENTS,),
@@ -82,10 +87,12 @@ class StaleAfterCommit:
     ended_sessions: set[int] = field(default_factory=set)  # agents signed out everywhere
 
 
-def stale_after(changes: Iterable[Change]) -> StaleAfterCommit:
-    """Apply INVALIDATION_MAP to the changes of one transaction."""
+def stale_after(changes: Iterable[Change], parents: Callable[[str, set], dict] | None = None) -> StaleAfterCommit:
+    """Apply INVALIDATION_MAP to the changes of one transaction. parents(table, ids) -> {id: row}
+    reads the rows a rule's rooms_of_parent names that the transaction did not change itself."""
     changes = list(changes)
     stale = StaleAfterCommit()
+    parent_rows = _parent_rows(changes, parents)
     changed = _changed_columns(changes)
     for change in changes:
         rule = INVALIDATION_MAP.get(change.table)
@@ -108,10 +115,63 @@ def stale_after(changes: Iterable[Change]) -> StaleAfterCommit:
             stale.prefixes.update(prefixes)
             stale.tags.update(tags)
             rooms = _format_each(rule.rooms, values) + (list(rule.rooms_of(row)) if rule.rooms_of else [])
+            if rule.rooms_of_parent:
+                table, column = rule.rooms_of_parent
+                parent = parent_rows.get((table, row.get(column)))
+                parent_rule = INVALIDATION_MAP[table]
+                if parent is not None and parent_rule.rooms_of:
+                    rooms += list(parent_rule.rooms_of(parent))
             for room in rooms:
                 stale.rooms.setdefault(room, set()).update(
                     prefixes + [t for t in tags if visibility.hears(room, t)])
     return stale
+
+
+def _parent_rows(changes: list[Change], parents: Callable[[str, set], dict] | None) -> dict[tuple[str, object], dict]:
+    """(table, id) -> the row as it is now, for every parent a rooms_of_parent rule names: from this
+    transaction's own snapshots (the last one is the row after it), else read by `parents`."""
+    wanted: dict[str, set] = {}
+    for change in changes:
+        rule = INVALIDATION_MAP.get(change.table)
+        if rule and rule.rooms_of_parent and change.kind != "bulk":
+            table, column = rule.rooms_of_parent
+            wanted.setdefault(table, set()).update(r.get(column) for r in change.rows if r.get(column) is not None)
+    found: dict[tuple[str, object], dict] = {}
+    for change in changes:
+        if change.table in wanted and change.kind != "bulk":
+            for row in change.rows:
+                if row.get("id") in wanted[change.table]:
+                    found[(change.table, row["id"])] = row
+    for table, ids in wanted.items():
+        missing = {i for i in ids if (table, i) not in found}
+        if missing and parents is not None:
+            for ident, row in parents(table, missing).items():
+                found[(table, ident)] = row
+    return found
+
+
+def _read_parents(session: Session) -> Callable[[str, set], dict]:
+    """Rows by id, read on a connection of their own: the committed session can't run SQL."""
+    def read(table: str, ids: set) -> dict:
+        model_table = _TABLES[table]
+        with session.get_bind().connect() as connection:
+            return {r["id"]: dict(r) for r in connection.execute(
+                select(*model_table.columns).where(model_table.c.id.in_(sorted(ids)))).mappings()}
+    return read
+
+
+def _tables() -> dict:
+    from .extensions import db
+
+    return db.metadata.tables
+
+
+class _LazyTables(dict):
+    def __missing__(self, key):
+        return _tables()[key]
+
+
+_TABLES = _LazyTables()
 
 
 def _changed_columns(changes: list[Change]) -> dict[tuple[str, object], set[str]]:
@@ -240,7 +300,7 @@ def _after_commit(session: Session) -> None:
     changes = session.info.pop(CHANGES, [])
     session.info.pop(WROTE, None)
     if changes:
-        apply(stale_after(changes))
+        apply(stale_after(changes, _read_parents(session)))
 
 
 def _after_rollback(session: Session) -> None:

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 
 from flask_login import UserMixin
 from sqlalchemy import (
+    JSON,
     Boolean,
     Column,
     DateTime,
@@ -28,6 +29,21 @@ PENDING, ACTIVE, CLOSED = "pending", "active", "closed"
 ADMIN, AGENT = "admin", "agent"
 ROLES = (ADMIN, AGENT)
 DEFAULT_COLOR = "#64748b"  # a new department's colour, and the admin form's starting value
+
+# Where an outgoing message is on its way to the customer (DESIGN.md, "What delivery guarantees").
+# NONE: not sent by the inbox (no channel, or stored before channels existed); QUEUED: waiting
+# for a worker (again, after a temporary error); SENDING: a worker holds it; SENT, DELIVERED,
+# READ: the provider's word, forward only; FAILED: terminal until an agent retries it.
+NONE, QUEUED, SENDING, SENT, DELIVERED, READ, FAILED = (
+    "none", "queued", "sending", "sent", "delivered", "read", "failed")
+DELIVERY_STATES = (NONE, QUEUED, SENDING, SENT, DELIVERED, READ, FAILED)
+# What the thread says of each state (its ticks' tooltip and screen-reader text).
+DELIVERY_WORDS = {NONE: "Not sent", QUEUED: "Waiting to be sent", SENDING: "Sending", SENT: "Sent",
+                  DELIVERED: "Delivered", READ: "Read", FAILED: "Not delivered"}
+PROVIDER_STATUSES = (SENT, DELIVERED, READ, FAILED)  # what a provider's status webhook may say
+# Channel kinds (chat/channels: one adapter each).
+WEBHOOK, WHATSAPP = "webhook", "whatsapp"
+CHANNEL_KINDS = (WEBHOOK, WHATSAPP)
 
 
 def utcnow() -> datetime:
@@ -124,6 +140,21 @@ class Contact(db.Model):
     __table_args__ = (Index("ix_contacts_name", "name"),)
 
 
+class Channel(db.Model):
+    """How messages come in and go out for a set of contacts: a provider account and its
+    settings (URLs, ids and secrets; chat/channels reads them, admin pages never show secrets)."""
+
+    __tablename__ = "channels"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(80), unique=True)
+    settings: Mapped[dict] = mapped_column(JSON, default=dict)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Replies on a conversation that came in through no channel go out through this one.
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class Conversation(db.Model):
     """One thread with a contact; pending until an agent accepts it, active, then closed."""
 
@@ -139,6 +170,11 @@ class Conversation(db.Model):
     last_message_body: Mapped[str] = mapped_column(Text, default="")
     unread_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # The channel the contact last wrote through: replies go back through it.
+    channel_id: Mapped[int | None] = mapped_column(ForeignKey("channels.id", ondelete="SET NULL"))
+    # The newest message, and its delivery state when it is a reply (the list shows its ticks).
+    last_message_id: Mapped[int | None] = mapped_column(Integer)
+    last_message_state: Mapped[str | None] = mapped_column(String(16))
 
     contact: Mapped[Contact] = relationship(lazy="joined", innerjoin=True)
     user: Mapped[User | None] = relationship(lazy="joined")
@@ -163,10 +199,17 @@ class Message(db.Model):
     body: Mapped[str] = mapped_column(Text)
     from_me: Mapped[bool] = mapped_column(Boolean, default=False)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # The provider's id of the message: of an inbound one as it arrived, of a reply once sent.
     external_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     # Chosen by the agent's client so a retried send stores one message (NULL for inbound).
     idempotency_key: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # A reply's way to the customer (NULL reads as NONE): state, why (failed, retrying, no
+    # channel), attempts made in all, and how many times an agent pressed Retry.
+    delivery_state: Mapped[str | None] = mapped_column(String(16))
+    delivery_reason: Mapped[str | None] = mapped_column(Text)
+    delivery_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    delivery_retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     sender: Mapped[User | None] = relationship(lazy="joined")
 
@@ -174,6 +217,43 @@ class Message(db.Model):
         Index("ix_messages_conversation_id", "conversation_id", "id"),
         UniqueConstraint("user_id", "idempotency_key", name="uq_messages_user_idempotency_key"),
     )
+
+
+class Delivery(db.Model):
+    """The outbox: one row per reply to send, committed with the reply itself. Workers claim the
+    oldest unfinished one of a conversation (so replies go out in order) for a lease; a worker
+    that dies loses it to another when the lease expires."""
+
+    __tablename__ = "deliveries"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), unique=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    channel_id: Mapped[int | None] = mapped_column(ForeignKey("channels.id", ondelete="SET NULL"))
+    done: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # of this round (a Retry starts a new one)
+    run_after: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime)
+    lease_token: Mapped[str | None] = mapped_column(String(32))  # who holds it: a stale holder can't finish
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (
+        Index("ix_deliveries_due", "done", "run_after", "id"),
+        Index("ix_deliveries_conversation", "conversation_id", "done", "id"),
+    )
+
+
+class DeliveryStatus(db.Model):
+    """A provider's status report, stored once per (provider message id, status): retried
+    webhooks change nothing, and a report that beats the worker's own record of the id waits here."""
+
+    __tablename__ = "delivery_statuses"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    provider_message_id: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (UniqueConstraint("provider_message_id", "status", name="uq_delivery_statuses_id_status"),)
 
 
 class Tag(db.Model):

@@ -13,7 +13,7 @@ from sqlalchemy.sql import ColumnElement
 
 from .domain import CONTROL_CHARACTERS
 from .extensions import db
-from .models import ACTIVE, CLOSED, PENDING, Contact, Conversation, Department, Message, User, Viewer
+from .models import ACTIVE, CLOSED, NONE, PENDING, Contact, Conversation, Department, Message, User, Viewer
 from .visibility import TABS, tab_filter, tabs_listing, visible_to
 
 
@@ -39,6 +39,8 @@ def conversation_summary(c: Conversation) -> dict:
         ),
         "last_message": c.last_message_body,
         "last_message_at": _iso(c.last_message_at),
+        # The delivery state of the newest message when it is a reply (None when the contact's).
+        "last_message_state": c.last_message_state,
         "unread_count": c.unread_count,
     }
 
@@ -125,7 +127,13 @@ def message_dict(m: Message) -> dict:
         "from_me": m.from_me,
         "sender": m.sender.name if m.sender else None,
         "created_at": _iso(m.created_at),
+        "delivery": delivery_dict(m),
     }
+
+
+def delivery_dict(m: Message) -> dict:
+    """A reply's way to the customer (a contact's message: none)."""
+    return {"state": m.delivery_state or NONE, "reason": m.delivery_reason, "attempts": m.delivery_attempts or 0}
 
 
 def conversation_messages(conversation_id: int, before: int | None = None, since: int | None = None,

@@ -64,6 +64,9 @@ def init_app(app: Flask) -> None:
     # API tokens and the provider's webhook token each on their own.
     limiter.shared_limit(_setting("TOKEN_LIMIT_PER_ADDRESS"), scope=_token_scope, deduct_when=_refused)(
         app.blueprints["api"])
+    # Provider webhooks refused for a wrong signature count like wrong webhook tokens.
+    limiter.shared_limit(_setting("TOKEN_LIMIT_PER_ADDRESS"), scope=_token_scope, deduct_when=_refused)(
+        app.blueprints["webhooks"])
 
 
 def _setting(name: str):
@@ -75,7 +78,8 @@ def _refused(response) -> bool:
 
 
 def _token_scope(endpoint: str) -> str:
-    return WEBHOOK_TOKEN if endpoint == "api.inbound" else API_TOKEN
+    return WEBHOOK_TOKEN if endpoint in ("api.inbound", "api.status") or endpoint.startswith("webhooks.") \
+        else API_TOKEN
 
 
 def _account() -> str:

@@ -11,7 +11,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import metrics
 from .errors import DomainError
-from .models import DEFAULT_COLOR, ROLES
+from .models import DEFAULT_COLOR, DELIVERY_WORDS, ROLES
 from .visibility import TABS
 
 
@@ -56,7 +56,7 @@ def init_app(app: Flask) -> None:
     _production_settings(app)
     app.add_template_filter(_time_tag, "time")
     app.add_template_filter(_initials, "initials")
-    app.jinja_env.globals.update(tabs=TABS, roles=ROLES, default_color=DEFAULT_COLOR)
+    app.jinja_env.globals.update(tabs=TABS, roles=ROLES, default_color=DEFAULT_COLOR, delivery_words=DELIVERY_WORDS)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):

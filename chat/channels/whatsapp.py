@@ -1,0 +1,188 @@
+"""The WhatsApp Cloud API channel: Meta's webhooks in (GET verification, POST notifications
+signed with X-Hub-Signature-256), replies out through POST {graph}/{phone-number-id}/messages.
+
+Payload shapes follow Meta's documentation (entry[].changes[].value with messages[],
+statuses[], contacts[]; message_echoes[] for the smb_message_echoes field of a number also used
+from the WhatsApp Business app); tests/fixtures/whatsapp/ keeps one sample per kind of event.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Mapping
+
+import requests
+
+from ..models import WHATSAPP
+from . import Inbound, Outgoing, SendError, StatusReport, http_failure, network_failure
+
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+DEFAULT_GRAPH_URL = "https://graph.facebook.com/v23.0"
+
+# Meta's error codes in words an agent can act on (the rest show Meta's own title).
+ERROR_WORDS = {
+    131026: "The customer's number cannot receive this message (not on WhatsApp, or an old app version)",
+    131047: "More than 24 hours have passed since the customer last wrote: only a template message can be sent",
+    131049: "WhatsApp chose not to deliver it, to keep the customer's experience healthy; try again later",
+    131050: "The customer has stopped receiving marketing messages from this business",
+    131051: "WhatsApp does not support this kind of message",
+    131021: "The recipient is this business's own number",
+    131030: "The customer's number is not in the test number's list of allowed recipients",
+    131031: "The business account is locked",
+    131042: "The business account has a payment problem",
+    131045: "The business phone number is not registered correctly",
+    131048: "Too many messages marked as spam recently: sending is limited for now",
+    131056: "Too many messages to this customer in a short time",
+    130429: "WhatsApp's rate limit was reached",
+    131000: "WhatsApp had an internal problem",
+    131016: "WhatsApp is temporarily unavailable",
+    131005: "The access token may not send messages for this number",
+    131008: "A required part of the message is missing",
+    131009: "A part of the message has a value WhatsApp does not accept",
+    100: "WhatsApp refused a parameter of the message",
+    190: "The channel's access token has expired or is invalid",
+    10: "The channel's access token lacks a permission",
+    4: "Too many API calls: the app's rate limit was reached",
+    80007: "The business account's rate limit was reached",
+}
+# Codes worth trying again later whatever the HTTP status: throttling and Meta's own outages.
+TEMPORARY_CODES = {1, 2, 4, 17, 341, 80007, 130429, 131000, 131016, 131048, 131056, 133004}
+
+
+def sign(app_secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def error_reason(code: object, title: object = None, details: object = None) -> str:
+    """Meta's error in plain words, with its code and title for whoever reads the logs."""
+    try:
+        code = int(code)
+    except (TypeError, ValueError):
+        code = None
+    words = ERROR_WORDS.get(code) or (str(details or title or "WhatsApp refused the message"))
+    meta = f"WhatsApp error {code}" if code is not None else "WhatsApp error"
+    if title:
+        meta += f": {title}"
+    return f"{words} ({meta})"[:500]
+
+
+def phone_of(wa_id: str) -> str:
+    """A WhatsApp id (digits, country code first) as the inbox stores phones: +<digits>."""
+    digits = "".join(ch for ch in str(wa_id) if ch.isdigit())
+    return "+" + digits
+
+
+class WhatsAppChannel:
+    kind = WHATSAPP
+    SECRETS = ("access_token", "app_secret", "verify_token")
+
+    def __init__(self, settings: dict, timeout: float = 10.0):
+        self.phone_number_id = str(settings.get("phone_number_id") or "")
+        self.access_token = settings.get("access_token") or ""
+        self.app_secret = settings.get("app_secret") or ""
+        self.verify_token = settings.get("verify_token") or ""
+        self.graph_url = (settings.get("graph_url") or DEFAULT_GRAPH_URL).rstrip("/")
+        self.timeout = timeout
+
+    def describe(self) -> dict:
+        return {"phone_number_id": self.phone_number_id, "graph_url": self.graph_url,
+                **{name: "set" if getattr(self, name) else "not set" for name in self.SECRETS}}
+
+    def verify(self, raw_body: bytes, headers: Mapping[str, str]) -> bool:
+        given = headers.get(SIGNATURE_HEADER, "")
+        return bool(self.app_secret) and hmac.compare_digest(given.encode(), sign(self.app_secret, raw_body).encode())
+
+    def verifies_subscription(self, mode: str | None, token: str | None) -> bool:
+        """Meta's GET handshake: hub.mode=subscribe and our verify token."""
+        return (mode == "subscribe" and bool(self.verify_token) and token is not None
+                and hmac.compare_digest(token.encode(), self.verify_token.encode()))
+
+    def owns(self, payload: dict) -> bool:
+        """Whether every change in a notification is about this channel's phone number."""
+        ids = {str(((change.get("value") or {}).get("metadata") or {}).get("phone_number_id") or "")
+               for entry in _list(payload.get("entry")) for change in _list(entry.get("changes"))}
+        return bool(ids) and ids == {self.phone_number_id}
+
+    def parse(self, payload: dict) -> list[Inbound | StatusReport]:
+        """Text messages, echoes and statuses of a notification; other kinds are skipped."""
+        found: list[Inbound | StatusReport] = []
+        for entry in _list(payload.get("entry")):
+            for change in _list(entry.get("changes")):
+                value = change.get("value") if isinstance(change, dict) else None
+                if not isinstance(value, dict):
+                    continue
+                names = {str(c.get("wa_id")): ((c.get("profile") or {}).get("name"))
+                         for c in _list(value.get("contacts")) if isinstance(c, dict)}
+                for message in _list(value.get("messages")):
+                    text = _text_of(message)
+                    if text is not None and message.get("from"):
+                        found.append(Inbound(phone=phone_of(message["from"]), body=text,
+                                             external_id=message.get("id"), name=names.get(str(message["from"]))))
+                for echo in _list(value.get("message_echoes")):
+                    text = _text_of(echo)
+                    if text is not None and echo.get("to"):
+                        found.append(Inbound(phone=phone_of(echo["to"]), body=text, external_id=echo.get("id"),
+                                             from_me=True))
+                for status in _list(value.get("statuses")):
+                    if not isinstance(status, dict) or not status.get("id") or not status.get("status"):
+                        continue
+                    reason = None
+                    errors = _list(status.get("errors"))
+                    if status.get("status") == "failed" and errors and isinstance(errors[0], dict):
+                        error = errors[0]
+                        reason = error_reason(error.get("code"), error.get("title"),
+                                              (error.get("error_data") or {}).get("details"))
+                    elif status.get("status") == "failed":
+                        reason = "WhatsApp could not deliver the message"
+                    found.append(StatusReport(str(status["id"]), str(status["status"]), reason))
+        return found
+
+    def send(self, outgoing: Outgoing) -> str:
+        if not (self.phone_number_id and self.access_token):
+            raise SendError("the WhatsApp channel has no phone number id or access token", temporary=False)
+        payload = {
+            "messaging_product": "whatsapp", "recipient_type": "individual",
+            "to": outgoing.to.lstrip("+"), "type": "text",
+            "text": {"preview_url": False, "body": outgoing.body},
+            # Echoed back in this message's status webhooks: which reply of ours it is.
+            "biz_opaque_callback_data": outgoing.idempotency_key,
+        }
+        try:
+            response = requests.post(f"{self.graph_url}/{self.phone_number_id}/messages", json=payload,
+                                     headers={"Authorization": f"Bearer {self.access_token}"}, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise network_failure(exc) from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = {}
+        if response.status_code >= 300 or not isinstance(data, dict) or "error" in data:
+            error = data.get("error") if isinstance(data, dict) and isinstance(data.get("error"), dict) else {}
+            code = error.get("code")
+            reason = error_reason(code, error.get("message") or error.get("error_user_title"),
+                                  (error.get("error_data") or {}).get("details")) if error else \
+                f"WhatsApp answered {response.status_code}"
+            failure = http_failure(response.status_code if response.status_code >= 300 else 502, reason,
+                                   response.headers.get("Retry-After"))
+            if code in TEMPORARY_CODES:
+                failure.temporary = True
+            return _raise(failure)
+        messages = _list(data.get("messages"))
+        if not messages or not isinstance(messages[0], dict) or not messages[0].get("id"):
+            raise SendError("WhatsApp accepted the message but answered no id", temporary=False)
+        return str(messages[0]["id"])
+
+
+def _raise(error: SendError):
+    raise error
+
+
+def _list(value) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _text_of(message) -> str | None:
+    if isinstance(message, dict) and message.get("type") == "text":
+        body = (message.get("text") or {}).get("body")
+        return body if isinstance(body, str) else None
+    return None

@@ -1,0 +1,67 @@
+"""Provider webhooks that speak the provider's own protocol: the WhatsApp Cloud API's
+verification handshake and its signed notifications. (The generic channel's webhook is
+POST /api/inbound and /api/status, chat/api.py.)"""
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import Blueprint, Response, jsonify, request
+
+from . import catalog, delivery, domain
+from .channels import Inbound, adapter_for
+from .errors import DomainError
+
+bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
+log = logging.getLogger(__name__)
+
+
+@bp.get("/whatsapp")
+def whatsapp_verify():
+    """Meta's subscription check: echo hub.challenge when hub.verify_token is ours."""
+    mode, token = request.args.get("hub.mode"), request.args.get("hub.verify_token")
+    for channel in catalog.whatsapp_channels():
+        if adapter_for(channel.kind, channel.settings).verifies_subscription(mode, token):
+            return Response(request.args.get("hub.challenge", ""), 200, mimetype="text/plain")
+    return Response("verify token does not match", 403, mimetype="text/plain")
+
+
+@bp.post("/whatsapp")
+def whatsapp_notify():
+    """A notification: refused (401) unless X-Hub-Signature-256 is the HMAC of these very bytes
+    with the app secret of a channel whose phone number it is about; nothing of a refused
+    request is stored."""
+    raw = request.get_data(cache=True)  # the raw bytes, before anything parses them
+    signed = [(c, a) for c in catalog.whatsapp_channels()
+              for a in [adapter_for(c.kind, c.settings)] if a.verify(raw, request.headers)]
+    if not signed:
+        return _error("signature does not match", 401)
+    try:
+        payload = json.loads(raw)
+    except (ValueError, RecursionError):
+        return _error("request body must be a JSON object", 400)
+    if not isinstance(payload, dict):
+        return _error("request body must be a JSON object", 400)
+    owner = next(((c, a) for c, a in signed if a.owns(payload)), None)
+    if owner is None:
+        return _error("no channel has this phone number id", 401)
+    channel, adapter = owner
+    counts = {"messages": 0, "statuses": 0, "skipped": 0}
+    for item in adapter.parse(payload):
+        try:
+            if isinstance(item, Inbound):
+                domain.receive_inbound(phone=item.phone, body=item.body, name=item.name,
+                                       external_id=item.external_id, channel_id=channel.id, from_me=item.from_me)
+                counts["messages"] += 1
+            else:
+                delivery.record_status(item.provider_message_id, item.status, item.reason)
+                counts["statuses"] += 1
+        except DomainError as exc:
+            # One unusable item must not make Meta retry the whole notification for days.
+            log.warning("WhatsApp notification item skipped: %s", exc.message)
+            counts["skipped"] += 1
+    return jsonify({"data": counts})
+
+
+def _error(message: str, status: int):
+    return jsonify({"error": message}), status

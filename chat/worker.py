@@ -1,0 +1,130 @@
+"""Delivery workers: claim a reply from the outbox, hand it to its channel, record the answer.
+
+`flask --app app worker` runs one as its own process (the scaled deployment); `make run` runs
+one inside the gunicorn process (`start_embedded`, from gunicorn.conf.py). Either way it works
+after the commit, never inside an agent's or a provider's request. Each worker runs
+`concurrency` loops, so one slow provider does not hold up every other reply; the claim
+(chat/delivery.py) keeps the replies of one conversation in order and never gives one
+delivery to two loops or processes.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from . import delivery
+from .channels import SendError, adapter_for
+from .extensions import db
+from .models import Delivery
+
+log = logging.getLogger(__name__)
+
+# Set after a commit that queued a delivery: this process's loops look at once instead of at
+# their next poll. Other processes find it within DELIVERY_POLL_SECONDS.
+_queued = threading.Event()
+_ENQUEUED = "chat.delivery_enqueued"
+
+
+def work_once() -> bool:
+    """Claim one delivery and send it; False when there was nothing due. Call in an app context."""
+    held = delivery.claim()
+    if held is None:
+        return False
+    try:
+        adapter = adapter_for(held.channel_kind, held.channel_settings, db_timeout())
+        provider_id = adapter.send(held.outgoing)
+    except SendError as error:
+        log.info("delivery %s attempt %s: %s (%s)", held.delivery_id, held.attempt, error.reason,
+                 "temporary" if error.temporary else "permanent")
+        delivery.record_failure(held, error)
+    except Exception as exc:  # noqa: BLE001 - a bug in an adapter fails the reply, visibly, not the worker
+        log.exception("delivery %s: the channel adapter raised", held.delivery_id)
+        delivery.record_failure(held, SendError(f"the inbox could not send it ({type(exc).__name__})", temporary=True))
+    else:
+        delivery.record_sent(held, provider_id)
+    return True
+
+
+def db_timeout() -> float:
+    from flask import current_app
+
+    return current_app.config["DELIVERY_SEND_TIMEOUT"]
+
+
+def run(app: Flask, stop: threading.Event, concurrency: int | None = None) -> None:
+    """Deliver until `stop` is set, with `concurrency` loops (DELIVERY_CONCURRENCY by default)."""
+    count = concurrency or app.config["DELIVERY_CONCURRENCY"]
+    loops = [threading.Thread(target=_loop, args=(app, stop), name=f"delivery-{n}", daemon=True)
+             for n in range(count)]
+    for loop in loops:
+        loop.start()
+    for loop in loops:
+        loop.join()
+
+
+def _loop(app: Flask, stop: threading.Event) -> None:
+    poll = app.config["DELIVERY_POLL_SECONDS"]
+    pause = 0.0
+    while not stop.is_set():
+        try:
+            with app.app_context():
+                busy = work_once()
+            pause = 0.0
+        except Exception:  # noqa: BLE001 - the database is down or restarting: wait, then go on
+            pause = min(5.0, pause * 2 or 0.25)
+            log.warning("delivery worker: could not reach the database; trying again in %.2f s", pause, exc_info=True)
+            stop.wait(pause)
+            continue
+        if not busy:
+            _queued.wait(poll)
+            _queued.clear()
+
+
+def start_embedded(app: Flask) -> threading.Event | None:
+    """The embedded default: a worker inside this (gunicorn) process, unless DELIVERY_WORKER=off.
+    Returns the event that stops it."""
+    if app.config["DELIVERY_WORKER"] != "embedded":
+        return None
+    stop = threading.Event()
+    threading.Thread(target=run, args=(app, stop), name="delivery-worker", daemon=True).start()
+    log.info("delivery worker running inside this process")
+    return stop
+
+
+def _after_flush(session: Session, _context) -> None:
+    if any(isinstance(obj, Delivery) for obj in session.new):
+        session.info[_ENQUEUED] = True
+
+
+def _after_commit(session: Session) -> None:
+    if session.info.pop(_ENQUEUED, False):
+        _queued.set()
+
+
+def _do_orm_execute(state) -> None:
+    # A Retry re-queues its delivery with an UPDATE.
+    if state.is_update and getattr(state.statement, "table", None) is not None \
+            and state.statement.table.name == "deliveries":
+        state.session.info[_ENQUEUED] = True
+
+
+def init_app(_app: Flask) -> None:
+    if not event.contains(Session, "after_commit", _after_commit):
+        event.listen(Session, "after_flush", _after_flush)
+        event.listen(Session, "after_commit", _after_commit)
+        event.listen(Session, "do_orm_execute", _do_orm_execute)
+        event.listen(Session, "after_soft_rollback", lambda s, _t: s.info.pop(_ENQUEUED, None))
+
+
+def wait_for_shutdown(stop: threading.Event, seconds: float = 10.0) -> None:
+    """Give loops in the middle of a send a moment to record it (the lease covers the rest)."""
+    stop.set()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(t.name.startswith("delivery-") and t.is_alive()
+                                                for t in threading.enumerate()):
+        time.sleep(0.05)
