@@ -1,4 +1,4 @@
-"""Admin pages: departments, tags, quick replies, agents and the live cache panel, behind one gate."""
+"""Admin pages: departments, tags, quick replies, agents, channels and the live cache panel, behind one gate."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,7 +10,7 @@ from flask_login import current_user, login_required
 from . import catalog, observability, reads
 from .errors import DomainError
 from .extensions import db
-from .models import User
+from .models import CHANNEL_KINDS, WEBHOOK, WHATSAPP, Channel, User
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -128,6 +128,80 @@ def agent(agent_id: int | None = None):
                                departments=reads.departments(), form=form, error=exc.message), exc.status
     flash(f"Saved {form['name']}.", "success")
     return redirect(url_for("admin.agents"))
+
+
+# -- channels: secrets go in, never out (the templates get their set-or-not state only) --------
+CHANNEL_KIND_TITLES = {WEBHOOK: "Generic webhook", WHATSAPP: "WhatsApp Cloud API"}
+
+
+@bp.get("/channels")
+def channels():
+    kind = request.args.get("kind")  # the add form's kind select asks for that kind's fields
+    return _channels_page({"kind": kind if kind in CHANNEL_KINDS else WEBHOOK, "active": True, "settings": {}})
+
+
+@bp.route("/channels/<int:channel_id>", methods=["GET", "POST"])
+@bp.post("/channels/new")
+def channel(channel_id: int | None = None):
+    existing = db.session.get(Channel, channel_id) if channel_id else None
+    if channel_id and existing is None:
+        abort(404)
+    if request.method == "GET":
+        return _channel_page(existing, _channel_form(existing.kind, existing.settings or {}, existing.name,
+                                                     existing.active, existing.is_default))
+    settings, form = _posted_channel(existing.kind if existing else request.form.get("kind", ""))
+    try:
+        catalog.save_channel(form["kind"], form["name"], settings, form["active"], form["is_default"],
+                             channel_id=channel_id)
+    except DomainError as exc:
+        db.session.rollback()
+        page = _channel_page(existing, form, exc.message) if existing else _channels_page(form, exc.message)
+        return page, exc.status
+    flash(f"Saved {form['name'].strip()}.", "success")
+    return redirect(url_for("admin.channels"))
+
+
+@bp.post("/channels/<int:channel_id>/delete")
+def delete_channel(channel_id: int):
+    try:
+        catalog.delete_channel(channel_id)
+    except DomainError as exc:
+        abort(exc.status)
+    flash("Deleted the channel.", "success")
+    return redirect(url_for("admin.channels"))
+
+
+def _posted_channel(kind: str) -> tuple[dict, dict]:
+    """The settings an admin typed (secrets too, for save_channel) and the form to show again."""
+    settings = {field: request.form.get(field, "") for field, _, _ in catalog.CHANNEL_FIELDS.get(kind, ())}
+    return settings, _channel_form(kind, settings, request.form.get("name", ""),
+                                   request.form.get("active") == "on", request.form.get("is_default") == "on")
+
+
+def _channel_form(kind: str, settings: dict, name: str, active: bool, is_default: bool) -> dict:
+    """What a channel form shows again: everything but the secrets, typed or stored."""
+    public = {field: settings.get(field) or "" for field, _, secret in catalog.CHANNEL_FIELDS.get(kind, ())
+              if not secret}
+    return {"kind": kind, "name": name, "active": active, "is_default": is_default, "settings": public}
+
+
+def _channel_template_context() -> dict:
+    return {"kinds": CHANNEL_KIND_TITLES, "fields": catalog.CHANNEL_FIELDS, "required": catalog.REQUIRED_SETTINGS,
+            "environment_names": set(catalog.ENVIRONMENT_CHANNELS.values())}
+
+
+def _channels_page(form: dict, error: str | None = None) -> str:
+    return render_template("admin/channels.html", channels=catalog.channels(), form=form, error=error,
+                           secrets_set=None, **_channel_template_context())
+
+
+def _channel_page(channel: Channel, form: dict, error: str | None = None) -> str:
+    stored = dict(channel.settings or {})  # as committed: a failed save was rolled back
+    secrets_set = {field: bool(stored.get(field))
+                   for field, _, secret in catalog.CHANNEL_FIELDS[channel.kind] if secret}
+    shown = {"id": channel.id, "name": channel.name, "kind": channel.kind}  # not its settings
+    return render_template("admin/channel.html", channel=shown, form=form, error=error,
+                           secrets_set=secrets_set, **_channel_template_context())
 
 
 @bp.get("/cache")

@@ -6,6 +6,7 @@ from datetime import datetime
 from flask import Flask, current_app, render_template, request
 from flask_wtf.csrf import CSRFError
 from markupsafe import Markup
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -87,6 +88,24 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(DomainError)
     def domain_error(error: DomainError):
         return _error_page(error.status, "Could not do that", error.message)
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def database_unavailable(error):
+        """The database is down or restarting: a clear 503 the browser's outbox retries, never a
+        500 page or a sign-in form (the session's agent could not be read either)."""
+        from .extensions import db
+
+        current_app.logger.warning("database unavailable: %s", str(error).splitlines()[0][:200])
+        try:
+            db.session.rollback()
+        except Exception:  # noqa: BLE001 - the connection is gone; the pool replaces it
+            pass
+        response = _error_page(503, "Database unavailable",
+                               "The inbox cannot reach its database right now. Try again in a few seconds.")
+        response = current_app.make_response(response)
+        response.headers["Retry-After"] = "2"
+        return response
 
     @app.before_request
     def count_cache_reads():

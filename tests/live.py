@@ -31,11 +31,12 @@ class LiveServer:
     """gunicorn as `make run` serves (gunicorn.conf.py: the gevent worker) on a fixed loopback
     port, restartable."""
 
-    def __init__(self, tmp: Path, redis_url: str | None = None, seed: tuple[str, ...] = ()):
+    def __init__(self, tmp: Path, redis_url: str | None = None, seed: tuple[str, ...] = (),
+                 database_url: str | None = None):
         self.tmp, self.port = tmp, free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.redis_url, self.prefix = redis_url, f"chat-test-{uuid.uuid4().hex[:10]}:"
-        self.env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp / 'live.db'}",
+        self.env = {**os.environ, "DATABASE_URL": database_url or f"sqlite:///{tmp / 'live.db'}",
                     "SECRET_KEY": "browser-test-secret", "INBOUND_TOKEN": INBOUND_TOKEN,
                     "PYTHONUNBUFFERED": "1"}
         if redis_url:

@@ -17,7 +17,7 @@ document.addEventListener("securitypolicyviolation", function (e) {
 });
 """
 AGENT_PAGES = ["/inbox", "/inbox?tab=mine", "/contacts", "/dashboard"]
-ADMIN_PAGES = ["/admin/departments", "/admin/tags", "/admin/quick-replies", "/admin/agents", "/admin/cache"]
+ADMIN_PAGES = ["/admin/departments", "/admin/tags", "/admin/quick-replies", "/admin/agents", "/admin/channels", "/admin/cache"]
 
 
 @pytest.fixture(scope="module")
