@@ -65,7 +65,8 @@ class Config:
     WHATSAPP_ACCESS_TOKEN = os.environ.get("WHATSAPP_ACCESS_TOKEN")
     WHATSAPP_APP_SECRET = os.environ.get("WHATSAPP_APP_SECRET")
     WHATSAPP_VERIFY_TOKEN = os.environ.get("WHATSAPP_VERIFY_TOKEN")
-    WHATSAPP_GRAPH_URL = os.environ.get("WHATSAPP_GRAPH_URL")  # None: Meta's Graph API (channels/whatsapp.py)
+    WHATSAPP_GRAPH_URL = os.environ.get("WHATSAPP_GRAPH_URL")
+    WHATSAPP_MAX_NOTIFICATION_BYTES = 3 * 1024 * 1024  # /webhooks/whatsapp only (Meta batches updates)  # None: Meta's Graph API (channels/whatsapp.py)
 
 
 def normalise_database_url(url: str) -> str:

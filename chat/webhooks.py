@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import logging
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from . import catalog, delivery, domain
 from .channels import Inbound, adapter_for
+from .channels.whatsapp import phone_number_ids
 from .errors import DomainError
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
@@ -31,6 +32,8 @@ def whatsapp_notify():
     """A notification: refused (401) unless X-Hub-Signature-256 is the HMAC of these very bytes
     with the app secret of a channel whose phone number it is about; nothing of a refused
     request is stored."""
+    # Meta batches up to 1,000 updates in one notification: more than the app's 256 KiB limit.
+    request.max_content_length = current_app.config["WHATSAPP_MAX_NOTIFICATION_BYTES"]
     raw = request.get_data(cache=True)  # the raw bytes, before anything parses them
     signed = [(c, a) for c in catalog.whatsapp_channels()
               for a in [adapter_for(c.kind, c.settings)] if a.verify(raw, request.headers)]
@@ -42,11 +45,16 @@ def whatsapp_notify():
         return _error("request body must be a JSON object", 400)
     if not isinstance(payload, dict):
         return _error("request body must be a JSON object", 400)
+    counts = {"messages": 0, "statuses": 0, "skipped": 0}
+    if not phone_number_ids(payload):
+        # Signed, but about no phone number (template, quality or account updates): nothing
+        # to store; a 401 would have Meta retry it for days.
+        return jsonify({"data": counts})
     owner = next(((c, a) for c, a in signed if a.owns(payload)), None)
     if owner is None:
-        return _error("no channel has this phone number id", 401)
+        # Signed by our app, so not a guess: 403, which the throttle does not count (chat/throttle.py).
+        return _error("no channel has this phone number id", 403)
     channel, adapter = owner
-    counts = {"messages": 0, "statuses": 0, "skipped": 0}
     for item in adapter.parse(payload):
         try:
             if isinstance(item, Inbound):

@@ -72,6 +72,13 @@ def phone_of(wa_id: str) -> str:
     return "+" + digits
 
 
+def phone_number_ids(payload: dict) -> set[str]:
+    """The business phone numbers a notification's changes are about (metadata.phone_number_id)."""
+    ids = {_dict(_dict(_dict(change).get("value")).get("metadata")).get("phone_number_id")
+           for entry in _list(payload.get("entry")) for change in _list(_dict(entry).get("changes"))}
+    return {str(found) for found in ids if found}
+
+
 class WhatsAppChannel:
     kind = WHATSAPP
     SECRETS = ("access_token", "app_secret", "verify_token")
@@ -98,20 +105,17 @@ class WhatsAppChannel:
                 and hmac.compare_digest(token.encode(), self.verify_token.encode()))
 
     def owns(self, payload: dict) -> bool:
-        """Whether every change in a notification is about this channel's phone number."""
-        ids = {str(((change.get("value") or {}).get("metadata") or {}).get("phone_number_id") or "")
-               for entry in _list(payload.get("entry")) for change in _list(entry.get("changes"))}
-        return bool(ids) and ids == {self.phone_number_id}
+        """Whether every change about a phone number in a notification is about this channel's.
+        (Changes of other fields, template or account updates, name none: nothing to store.)"""
+        return phone_number_ids(payload) == {self.phone_number_id}
 
     def parse(self, payload: dict) -> list[Inbound | StatusReport]:
         """Text messages, echoes and statuses of a notification; other kinds are skipped."""
         found: list[Inbound | StatusReport] = []
         for entry in _list(payload.get("entry")):
-            for change in _list(entry.get("changes")):
-                value = change.get("value") if isinstance(change, dict) else None
-                if not isinstance(value, dict):
-                    continue
-                names = {str(c.get("wa_id")): ((c.get("profile") or {}).get("name"))
+            for change in _list(_dict(entry).get("changes")):
+                value = _dict(_dict(change).get("value"))
+                names = {str(c.get("wa_id")): _dict(c.get("profile")).get("name")
                          for c in _list(value.get("contacts")) if isinstance(c, dict)}
                 for message in _list(value.get("messages")):
                     text = _text_of(message)
@@ -131,7 +135,7 @@ class WhatsAppChannel:
                     if status.get("status") == "failed" and errors and isinstance(errors[0], dict):
                         error = errors[0]
                         reason = error_reason(error.get("code"), error.get("title"),
-                                              (error.get("error_data") or {}).get("details"))
+                                              _dict(error.get("error_data")).get("details"))
                     elif status.get("status") == "failed":
                         reason = "WhatsApp could not deliver the message"
                     found.append(StatusReport(str(status["id"]), str(status["status"]), reason))
@@ -160,7 +164,7 @@ class WhatsAppChannel:
             error = data.get("error") if isinstance(data, dict) and isinstance(data.get("error"), dict) else {}
             code = error.get("code")
             reason = error_reason(code, error.get("message") or error.get("error_user_title"),
-                                  (error.get("error_data") or {}).get("details")) if error else \
+                                  _dict(error.get("error_data")).get("details")) if error else \
                 f"WhatsApp answered {response.status_code}"
             failure = http_failure(response.status_code if response.status_code >= 300 else 502, reason,
                                    response.headers.get("Retry-After"))
@@ -181,8 +185,13 @@ def _list(value) -> list:
     return value if isinstance(value, list) else []
 
 
+def _dict(value) -> dict:
+    """Meta's shapes are signed, not guaranteed: an object where one is expected, else {}."""
+    return value if isinstance(value, dict) else {}
+
+
 def _text_of(message) -> str | None:
     if isinstance(message, dict) and message.get("type") == "text":
-        body = (message.get("text") or {}).get("body")
+        body = _dict(message.get("text")).get("body")
         return body if isinstance(body, str) else None
     return None
