@@ -45,7 +45,8 @@ nginx:
 	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }
 
 # make cluster: nginx with sticky sessions in front of 3 gunicorns sharing PostgreSQL and Redis,
-# on loopback (README, "Serving"); Ctrl+C stops it all. CLUSTER_PORT=8080 by default.
+# and 2 delivery workers (`flask --app app worker`; DELIVERY_WORKER=off in the gunicorns), on
+# loopback (README, "Serving"); Ctrl+C stops it all. CLUSTER_PORT=8080 by default.
 CLUSTER_PORT ?= 8080
 cluster: deps nginx services
 	$(BIN)/python -m deploy.cluster --port $(CLUSTER_PORT)

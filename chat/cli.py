@@ -109,6 +109,7 @@ def worker_command(concurrency):
                    "hear of this worker's changes (ticks stay stale until a reload). Use REDIS_URL, or the "
                    "worker inside the server (DELIVERY_WORKER=embedded, the default).", err=True)
     catalog.channels_from_environment(app.config)
+    db.session.remove()  # end its transaction: this thread only waits now, it must not hold locks on channels
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -151,12 +151,15 @@ def claim() -> Claim | None:
             _finish(delivery, message, FAILED, f"gave up after {attempt - 1} attempts: the worker sending it stopped")
             db.session.commit()
             continue
+        key = str(message.id) if not message.delivery_retries else f"{message.id}-retry-{message.delivery_retries}"
+        # Read before the commit: after it the rows are expired, and reading them would open a
+        # transaction that stays open (locks and a snapshot held) for the whole send.
+        held = Claim(delivery.id, token, attempt, channel.kind, dict(channel.settings or {}),
+                     Outgoing(message.id, key, phone, message.body, message.conversation_id))
         _set_state(message.id, message.conversation_id, SENDING, None, (QUEUED, SENDING),
                    delivery_attempts=Message.delivery_attempts + 1)
         db.session.commit()
-        key = str(message.id) if not message.delivery_retries else f"{message.id}-retry-{message.delivery_retries}"
-        return Claim(delivery.id, token, attempt, channel.kind, dict(channel.settings or {}),
-                     Outgoing(message.id, key, phone, message.body, message.conversation_id))
+        return held
     return None
 
 

@@ -1,10 +1,11 @@
 """`make cluster`: the scaled deployment on loopback, as production runs it.
 
 nginx (Debian's) with sticky sessions in front of several gunicorn processes (gunicorn.conf.py)
-that share PostgreSQL and Redis. Everything it starts keeps its config, pid and log files in a
-directory of its own on free ports (the system nginx and port 80 are never touched), with
-PROMETHEUS_MULTIPROC_DIR there, so /metrics and the cache panel sum every process.
-tests/test_cluster.py drives the same `Cluster`.
+that share PostgreSQL and Redis, and beside them delivery workers (`flask --app app worker`) as
+processes of their own, so the gunicorns run none inside (DELIVERY_WORKER=off). Everything it
+starts keeps its config, pid and log files in a directory of its own on free ports (the system
+nginx and port 80 are never touched), with PROMETHEUS_MULTIPROC_DIR there, so /metrics and the
+cache panel sum every web process. tests/test_cluster.py drives the same `Cluster`.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ SERVED_BY = "X-Served-By"  # nginx's answer header naming the process (its addre
 DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/inbox_cluster"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 PREFIX = "inbox-cluster:"  # its own keys and channel in a Redis that others may share
+WORKER_READY = "Delivery worker:"  # what `flask worker` prints when its loops start (chat/cli.py)
 LOGINS = ("admin@example.com (admin), ana@example.com and bruno@example.com (agents), "
           "password demo-pass")
 
@@ -56,16 +58,21 @@ def _answers(url: str) -> bool:
 
 
 class Cluster:
-    """nginx on `port` in front of gunicorn processes on free ports, all under `workdir`."""
+    """nginx on `port` in front of gunicorn processes on free ports, and `workers` delivery
+    workers beside them, all under `workdir`."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], port: int | None = None):
+    def __init__(self, workdir: Path, env: dict[str, str], port: int | None = None, workers: int = 2):
         self.dir = Path(workdir)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.metrics_dir = self.dir / "prometheus"
         self.metrics_dir.mkdir(parents=True, exist_ok=True)
-        self.env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir), "PYTHONUNBUFFERED": "1"}
+        self.worker_count = workers
+        # With workers of their own, the gunicorns deliver nothing themselves.
+        delivery = {"DELIVERY_WORKER": "off"} if workers else {}
+        self.env = {**env, **delivery, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir), "PYTHONUNBUFFERED": "1"}
         self.processes: dict[int, subprocess.Popen] = {}  # gunicorn port -> its master
+        self.workers: list[subprocess.Popen] = []  # `flask worker` processes
         self.nginx: subprocess.Popen | None = None
 
     # -- gunicorn --------------------------------------------------------------------------
@@ -98,6 +105,22 @@ class Cluster:
         process = self.processes[port]
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=5)
+
+    # -- delivery workers ------------------------------------------------------------------
+    def add_worker(self) -> subprocess.Popen:
+        """Start one more `flask --app app worker` and wait until it looks for replies. Not in
+        PROMETHEUS_MULTIPROC_DIR: the panel and /metrics sum the web processes (gunicorn's
+        child_exit marks those dead when they stop; nothing would mark a worker)."""
+        path = self.dir / f"worker-{len(self.workers) + 1}.log"
+        env = {k: v for k, v in self.env.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        with path.open("ab") as log:
+            process = subprocess.Popen([str(BIN / "flask"), "--app", "app", "worker"], cwd=ROOT, env=env,
+                                       stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)  # Ctrl+C reaches us, we stop it
+        self.workers.append(process)
+        self._wait(lambda: WORKER_READY in path.read_text(errors="replace"), f"delivery worker {len(self.workers)}",
+                   process)
+        return process
 
     def worker_pid(self, port: int) -> int:
         """The pid of the gunicorn worker serving `port` (its multiprocess files are named so)."""
@@ -142,18 +165,29 @@ class Cluster:
     def start(self, processes: int = 3) -> None:
         for _ in range(processes):
             self.add_process()
+        for _ in range(self.worker_count):
+            self.add_worker()
         self.start_nginx()
 
+    def running(self) -> bool:
+        """Whether every process it started is still running."""
+        return all(p is None or p.poll() is None for p in [self.nginx, *self.processes.values(), *self.workers])
+
     def stop(self) -> None:
-        """nginx first (no new requests), then every gunicorn; each waits a little, then SIGKILL."""
+        """nginx first (no new requests), then every gunicorn and delivery worker; each waits a
+        little, then SIGKILL."""
         if self.nginx is not None and self.nginx.poll() is None:
             self.nginx.send_signal(signal.SIGQUIT)  # graceful: lets open answers finish
             _wait_or_kill(self.nginx, 5)
-        for process in self.processes.values():
+        for process in [*self.processes.values(), *self.workers]:
             if process.poll() is None:
-                process.send_signal(signal.SIGTERM)  # gunicorn.conf.py closes the sockets at once
+                # gunicorn.conf.py closes the sockets at once; a worker finishes the sends it is
+                # in (DELIVERY_SEND_TIMEOUT at most) and records them.
+                process.send_signal(signal.SIGTERM)
         for process in self.processes.values():
             _wait_or_kill(process, 10)
+        for process in self.workers:
+            _wait_or_kill(process, 10 + float(self.env.get("DELIVERY_SEND_TIMEOUT") or 10))
 
     def _wait(self, ready, what: str, process: subprocess.Popen, seconds: float = 30) -> None:
         deadline = time.monotonic() + seconds
@@ -204,6 +238,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("CLUSTER_PORT", 8080)))
     parser.add_argument("--processes", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2, help="delivery workers (flask worker) beside them")
     args = parser.parse_args()
 
     env = {**os.environ}
@@ -220,22 +255,23 @@ def main() -> None:
     token = flask(env, "inbound-token")
 
     workdir = Path(tempfile.mkdtemp(prefix="inbox-cluster-"))
-    cluster = Cluster(workdir, env, port=args.port)
+    cluster = Cluster(workdir, env, port=args.port, workers=args.workers)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as Ctrl+C does
     try:
         cluster.start(args.processes)
         print(f"Serving the inbox on {cluster.url} (nginx, sticky sessions, {args.processes} gunicorn "
-              f"processes on ports {', '.join(map(str, cluster.processes))})")
+              f"processes on ports {', '.join(map(str, cluster.processes))}; {args.workers} delivery workers, "
+              f"pids {', '.join(str(w.pid) for w in cluster.workers) or 'none'})")
         print(f"Logins: {LOGINS}")
         print(f"Inbound webhook token: {token}")
         print(f"Database {env['DATABASE_URL']}, Redis {env['REDIS_URL']} under {env['CACHE_KEY_PREFIX']}")
         print(f"Config and logs: {workdir}. Ctrl+C stops everything.", flush=True)
-        while all(p.poll() is None for p in [cluster.nginx, *cluster.processes.values()]):
+        while cluster.running():
             time.sleep(1)
         print(f"A process of the cluster exited; stopping. Logs in {workdir}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("\nStopping nginx and the gunicorns...", flush=True)
+        print("\nStopping nginx, the gunicorns and the delivery workers...", flush=True)
     finally:
         cluster.stop()
     shutil.rmtree(workdir, ignore_errors=True)

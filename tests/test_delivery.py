@@ -364,3 +364,20 @@ def test_a_status_change_invalidates_the_cached_thread(app, client, ana, provide
     status(client, provider.id_for(sent["id"]), "read")
     fresh = ana.get(url).get_json()
     assert fresh["cached"] is False and next(m for m in fresh["data"] if m["id"] == sent["id"])["delivery"]["state"] == "read"
+
+
+def test_a_status_of_an_older_reply_reaches_the_thread_too(app, client, ana, provider, login, world):
+    """Only the newest message's state is on the conversation's row; an older reply's change is
+    heard where its conversation is (invalidation's rooms_of_parent)."""
+    older, newer = ana.reply("first of two"), ana.reply("second of two")
+    drain(app)
+    socket = connect(app, login("ana@example.com"))
+    bruno = connect(app, login("bruno@example.com"))
+    socket.get_received(), bruno.get_received()
+    status(client, provider.id_for(older["id"]), "read")
+    keys = [k for batch in events(socket) for k in batch]
+    assert f"conversation:{world.active_ana}:messages" in keys
+    assert not any(f"conversation:{world.active_ana}" in k for batch in events(bruno, 0.3) for k in batch)
+    assert ana.message(older["id"])["delivery"]["state"] == "read"
+    assert ana.message(newer["id"])["delivery"]["state"] == "sent"
+    assert ana.get("/api/conversations?status=mine").get_json()["data"][0]["last_message_state"] == "sent"
