@@ -78,7 +78,7 @@ $(VENV)/.bench-installed: pyproject.toml $(BIN)/.installed
 wrk:
 	@command -v wrk >/dev/null && command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk redis-server redis-tools >/dev/null; }
 
-bench: deps chromium wrk $(VENV)/.bench-installed
+bench: deps chromium wrk services $(VENV)/.bench-installed
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:

@@ -54,7 +54,8 @@ class Config:
     DELIVERY_POLL_SECONDS = float(os.environ.get("DELIVERY_POLL_SECONDS") or 0.5)  # other processes' replies
     DELIVERY_SEND_TIMEOUT = float(os.environ.get("DELIVERY_SEND_TIMEOUT") or 10)
     DELIVERY_LEASE_SECONDS = float(os.environ.get("DELIVERY_LEASE_SECONDS") or 60)  # > the send timeout
-    DELIVERY_MAX_ATTEMPTS = int(os.environ.get("DELIVERY_MAX_ATTEMPTS") or 8)
+    # 12 attempts with the default backoff keep trying through a provider outage of 10-20 minutes.
+    DELIVERY_MAX_ATTEMPTS = int(os.environ.get("DELIVERY_MAX_ATTEMPTS") or 12)
     DELIVERY_BACKOFF_BASE = float(os.environ.get("DELIVERY_BACKOFF_BASE") or 1)  # seconds, doubling
     DELIVERY_BACKOFF_MAX = float(os.environ.get("DELIVERY_BACKOFF_MAX") or 300)
     # Channels from the environment, for a demo or a single-channel deployment (admin pages for

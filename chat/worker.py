@@ -10,11 +10,13 @@ delivery to two loops or processes.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 
 from flask import Flask
 from sqlalchemy import event
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from . import delivery
@@ -25,13 +27,17 @@ from .models import Delivery
 log = logging.getLogger(__name__)
 
 # Set after a commit that queued a delivery: this process's loops look at once instead of at
-# their next poll. Other processes find it within DELIVERY_POLL_SECONDS.
+# their next poll. On PostgreSQL the commit also NOTIFYs NOTIFY_CHANNEL, which every worker
+# process LISTENs to; elsewhere other processes find it within DELIVERY_POLL_SECONDS.
 _queued = threading.Event()
 _ENQUEUED = "chat.delivery_enqueued"
+_WORKER = "chat.delivery_worker"  # session.info: this transaction is a worker's own
+NOTIFY_CHANNEL = "chat_deliveries"
 
 
 def work_once() -> bool:
     """Claim one delivery and send it; False when there was nothing due. Call in an app context."""
+    db.session.info[_WORKER] = True  # its own releases and re-queues wake nobody
     held = delivery.claim()
     if held is None:
         return False
@@ -61,6 +67,8 @@ def run(app: Flask, stop: threading.Event, concurrency: int | None = None) -> No
     count = concurrency or app.config["DELIVERY_CONCURRENCY"]
     loops = [threading.Thread(target=_loop, args=(app, stop), name=f"delivery-{n}", daemon=True)
              for n in range(count)]
+    if make_url(app.config["SQLALCHEMY_DATABASE_URI"]).get_backend_name() == "postgresql":
+        threading.Thread(target=_listen, args=(app, stop), name="delivery-listen", daemon=True).start()
     for loop in loops:
         loop.start()
     for loop in loops:
@@ -81,8 +89,29 @@ def _loop(app: Flask, stop: threading.Event) -> None:
             stop.wait(pause)
             continue
         if not busy:
-            _queued.wait(poll)
+            # Jittered, so processes that emptied the queue together don't keep polling in step.
+            _queued.wait(poll * random.uniform(0.75, 1.25))
             _queued.clear()
+
+
+def _listen(app: Flask, stop: threading.Event) -> None:
+    """PostgreSQL: wake this process's loops when any process commits a delivery (LISTEN), so a
+    reply from another process is claimed at once, not at the next poll."""
+    import psycopg
+
+    url = make_url(app.config["SQLALCHEMY_DATABASE_URI"]).set(drivername="postgresql")
+    while not stop.is_set():
+        try:
+            with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True,
+                                 connect_timeout=5) as connection:
+                connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                while not stop.is_set():
+                    for _ in connection.notifies(timeout=1.0):
+                        _queued.set()
+        except psycopg.Error:
+            log.warning("delivery worker: LISTEN lost; polling every %s s until it is back",
+                        app.config["DELIVERY_POLL_SECONDS"])
+            stop.wait(2)
 
 
 def start_embedded(app: Flask) -> threading.Event | None:
@@ -101,21 +130,28 @@ def _after_flush(session: Session, _context) -> None:
         session.info[_ENQUEUED] = True
 
 
+def _before_commit(session: Session) -> None:
+    if session.info.get(_ENQUEUED) and session.get_bind().dialect.name == "postgresql":
+        # Transactional: delivered to the listeners when (and only if) this commit succeeds.
+        session.connection().exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
+
+
 def _after_commit(session: Session) -> None:
     if session.info.pop(_ENQUEUED, False):
         _queued.set()
 
 
 def _do_orm_execute(state) -> None:
-    # A Retry re-queues its delivery with an UPDATE.
+    # A Retry re-queues its delivery with an UPDATE (a worker's own updates wake nobody).
     if state.is_update and getattr(state.statement, "table", None) is not None \
-            and state.statement.table.name == "deliveries":
+            and state.statement.table.name == "deliveries" and not state.session.info.get(_WORKER):
         state.session.info[_ENQUEUED] = True
 
 
 def init_app(_app: Flask) -> None:
     if not event.contains(Session, "after_commit", _after_commit):
         event.listen(Session, "after_flush", _after_flush)
+        event.listen(Session, "before_commit", _before_commit)
         event.listen(Session, "after_commit", _after_commit)
         event.listen(Session, "do_orm_execute", _do_orm_execute)
         event.listen(Session, "after_soft_rollback", lambda s, _t: s.info.pop(_ENQUEUED, None))

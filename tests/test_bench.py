@@ -31,13 +31,13 @@ def test_make_bench_quick():
     out.unlink(missing_ok=True)
 
     done = subprocess.run(["make", "bench", f"BENCH_ARGS=--quick --name {NAME}"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=360)
     assert done.returncode == 0, f"make bench failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
 
     report = json.loads(out.read_text())
     assert report["errors"] == {}
     m = report["measurements"]
-    assert set(m) == {"throughput", "queries", "invalidation", "stampede", "push", "browser", "faults"}
+    assert set(m) == {"throughput", "queries", "invalidation", "stampede", "push", "browser", "faults", "delivery"}
     for measurement in m:
         assert (results / f"{NAME}-{measurement}.png").stat().st_size > 1000
     assert report["machine"]["cores"] and report["data"]["rows"]["conversations"] == 300
@@ -75,6 +75,22 @@ def test_make_bench_quick():
     assert faults["status_5xx"] == 0 and faults["failed"] == 0
     assert faults["stale_reads"] == 0 and all(c["reads"] > 0 for c in faults["stale"].values())
     assert faults["breaker"]["opens"] >= 1 and faults["breaker"]["skipped"] > 0
+
+    delivery = m["delivery"]  # replies to the provider: latency, a backlog after an outage, request cost
+    for mode, counts in (("embedded", {"1", "4"}), ("scaled", {"1", "4", "4 after the backlog"})):
+        assert set(delivery["latency"][mode]) == counts
+        for r in delivery["latency"][mode].values():
+            assert r["received"] == r["replies"] > 0 and r["lost"] == r["duplicates"] == 0
+            assert r["p50_ms"] <= r["p99_ms"]
+    assert set(delivery["backlog"]) == {"1", "2", "4"}
+    for r in delivery["backlog"].values():
+        assert r["received"] == r["replies"] == 300 and r["replies_per_s"] > 0
+        assert r["lost"] == 0 and r["duplicates"] == 0 and r["unfinished"] == 0 and r["states"] == {"sent": 300}
+    request = delivery["request"]
+    for name in ("channel", "outbox_only", "none"):
+        assert request[name]["requests"] > 0 and request[name]["p50_ms"] <= request[name]["p99_ms"]
+    assert request["none"]["states"] == {"none": request["none"]["requests"]}  # no outbox row without a channel
+    assert request["outbox_only"]["states"] == {"queued": request["outbox_only"]["requests"]}
 
     for leftover in (results / f"{NAME}.json", *results.glob(f"{NAME}-*.png")):
         leftover.unlink()
