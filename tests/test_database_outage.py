@@ -1,18 +1,23 @@
 """PostgreSQL restarted under load: a clear 503 while it is away (never a 500, never the sign-in
-form), a reply retried with its idempotency key stored and delivered once, and everything served
-again within 5 s of its return. The database is a private server this test stops and starts."""
+form), a reply retried with its idempotency key stored and delivered once, and every process
+serving again within 5 s of its return. The database is a private server this test stops and
+starts; the deployment is the embedded default (one gunicorn, its worker inside) or the scaled
+one (two gunicorns sharing Redis, and a `flask worker` process)."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 import requests
 
 from bench.common import http
-from tests.conftest import unavailable
-from tests.live import INBOUND_TOKEN, LiveServer, sign_in
+from tests.conftest import REDIS_URL, redis_client, unavailable
+from tests.live import BIN, ROOT, LiveServer, sign_in
 from tests.provider import FakeProvider
 
 
@@ -28,45 +33,77 @@ def postgres(tmp_path):
     server.remove()
 
 
-def test_postgres_restart_under_load(tmp_path, postgres):
-    with FakeProvider() as provider:
-        server = LiveServer(tmp_path, database_url=postgres.url, seed=("--conversations", "20", "--messages", "60"))
-        server.env.update(CHANNEL_WEBHOOK_URL=provider.webhook_url, DELIVERY_POLL_SECONDS="0.2",
-                          DELIVERY_BACKOFF_BASE="0.2", DELIVERY_BACKOFF_MAX="1")
-        server.start()
-        try:
-            _restart_under_load(server, postgres, provider)
-        finally:
+@contextmanager
+def deployment(kind: str, tmp_path, postgres, provider):
+    """The servers of one deployment kind over the private database, started; stopped after."""
+    redis_url = None
+    if kind == "scaled":
+        redis_client()  # unavailable() when the machine's Redis does not answer
+        redis_url = REDIS_URL
+    first = LiveServer(tmp_path, redis_url=redis_url, database_url=postgres.url,
+                       seed=("--conversations", "20", "--messages", "60"))
+    first.env.update(CHANNEL_WEBHOOK_URL=provider.webhook_url, DELIVERY_POLL_SECONDS="0.2",
+                     DELIVERY_BACKOFF_BASE="0.2", DELIVERY_BACKOFF_MAX="1")
+    servers, worker = [first], None
+    if kind == "scaled":
+        first.env["DELIVERY_WORKER"] = "off"
+        servers.append(first.twin())
+    try:
+        for server in servers:
+            server.start()
+        if kind == "scaled":
+            log = (tmp_path / "worker.log").open("a")
+            worker = subprocess.Popen([str(BIN / "flask"), "--app", "app", "worker"], cwd=ROOT, env=first.env,
+                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        yield servers
+    finally:
+        if worker is not None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=15)
+        for server in reversed(servers):
             server.stop()
+        first.cleanup()
 
 
-def _restart_under_load(server: LiveServer, postgres, provider: FakeProvider) -> None:
+@pytest.mark.parametrize("kind", ["embedded", "scaled"])
+def test_postgres_restart_under_load(tmp_path, postgres, kind):
+    with FakeProvider() as provider, deployment(kind, tmp_path, postgres, provider) as servers:
+        _restart_under_load(servers, postgres, provider)
+
+
+def _restart_under_load(servers: list[LiveServer], postgres, provider: FakeProvider) -> None:
+    server = servers[0]
     token = server.flask("agent", "token", "admin@example.com").strip()
     api = http()
     api.headers["Authorization"] = f"Bearer {token}"
-    browser, _ = sign_in(server, "admin@example.com")
     listed = api.get(f"{server.base}/api/conversations?status=all", timeout=5).json()["data"]
     conversation = next(c["id"] for c in listed if c["status"] == "active")
 
-    results: list[tuple[float, int, str]] = []  # (time, status, what)
+    results: list[tuple[float, int, str, float]] = []  # (started, status, what, ended)
     stop = threading.Event()
 
     def load(session, url, what, headers=None):
         n = 0
         while not stop.is_set():
             n += 1
+            started = time.monotonic()
             try:
                 r = session.get(url.replace("{n}", str(n)), timeout=5, headers=headers or {}, allow_redirects=False)
-                results.append((time.monotonic(), r.status_code, f"{what} {r.headers.get('X-Cache')} "
-                                f"{r.headers.get('Content-Type')}{' login' if 'Sign in' in r.text else ''}"))
+                results.append((started, r.status_code, f"{what} {r.headers.get('X-Cache')} "
+                                f"{r.headers.get('Content-Type')}{' login' if 'Sign in' in r.text else ''}",
+                                time.monotonic()))
             except requests.RequestException as exc:
-                results.append((time.monotonic(), 0, f"{what} {type(exc).__name__}"))
+                results.append((started, 0, f"{what} {type(exc).__name__}", time.monotonic()))
             time.sleep(0.05)
 
-    threads = [threading.Thread(target=load, args=(api, f"{server.base}/api/conversations?status=all", "api")),
-               threading.Thread(target=load, args=(browser, f"{server.base}/inbox/list?tab=mine&department=1", "fragment",
-                                                   {"HX-Request": "true"})),
-               threading.Thread(target=load, args=(browser, f"{server.base}/inbox?q=new-search-{{n}}", "page"))]
+    threads = []
+    for n, each in enumerate(servers):
+        browser, _ = sign_in(each, "admin@example.com")
+        name = f"process {n}:"
+        threads += [threading.Thread(target=load, args=(api, f"{each.base}/api/conversations?status=all", f"{name} api")),
+                    threading.Thread(target=load, args=(browser, f"{each.base}/inbox/list?tab=mine&department=1",
+                                                        f"{name} fragment", {"HX-Request": "true"})),
+                    threading.Thread(target=load, args=(browser, f"{each.base}/inbox?q=new-search-{{n}}", f"{name} page"))]
     for t in threads:
         t.start()
     try:
@@ -80,6 +117,7 @@ def _restart_under_load(server: LiveServer, postgres, provider: FakeProvider) ->
                           headers={"Idempotency-Key": key}, timeout=5)
         assert during.status_code == 503 and during.headers.get("Retry-After"), during.text
         assert "database" in during.json()["error"]
+        starting_at = time.monotonic()  # the server may answer before pg_ctl start returns
         postgres.start()
         up_at = time.monotonic()
         stored = None
@@ -99,17 +137,22 @@ def _restart_under_load(server: LiveServer, postgres, provider: FakeProvider) ->
         for t in threads:
             t.join(timeout=10)
 
-    outage = [r for r in results if down_at + 0.5 < r[0] < up_at]
+    # Requests made entirely while the database was away (one started before it went may finish 200).
+    outage = [r for r in results if down_at + 0.5 < r[0] and r[3] < starting_at]
     assert outage, "no request was made during the outage"
     # What the cache holds is still served (a hit needs no database); everything else is a clear 503.
-    assert {(r[1], r[2]) for r in outage if r[1] != 503} <= {
-        (200, "api HIT application/json"), (200, "fragment HIT text/html; charset=utf-8")}, sorted({(r[1], r[2]) for r in outage})
-    assert any(r[1] == 503 and r[2].startswith("page") for r in outage)  # a new search needs the database
+    assert {(r[1], r[2].split(":", 1)[1]) for r in outage if r[1] != 503} <= {
+        (200, " api HIT application/json"), (200, " fragment HIT text/html; charset=utf-8")}, \
+        sorted({(r[1], r[2]) for r in outage})
     assert not any("login" in r[2] for r in outage)  # never the sign-in form
-    recovered = [r for r in results if r[0] > up_at and r[1] == 200]
-    assert recovered and recovered[0][0] - up_at < 5, "not serving again within 5 s of the database's return"
-    after = [r for r in results if r[0] > up_at + 5]
-    assert after and all(r[1] == 200 for r in after), sorted({(r[1], r[2]) for r in after if r[1] != 200})
+    for n in range(len(servers)):
+        mine = [r for r in results if r[2].startswith(f"process {n}:")]
+        # A new search needs the database: 503 while it is away.
+        assert any(r[1] == 503 and " page " in r[2] for r in mine if down_at + 0.5 < r[0] and r[3] < starting_at)
+        pages = [r for r in mine if r[0] > up_at and " page " in r[2] and r[1] == 200]
+        assert pages and pages[0][3] - up_at < 5, f"process {n} not serving again within 5 s of the database's return"
+        after = [r for r in mine if r[0] > up_at + 5]
+        assert after and all(r[1] == 200 for r in after), sorted({(r[1], r[2]) for r in after if r[1] != 200})
 
     provider.wait_for(1, timeout=10)
     bodies = [r.json["body"] for r in provider.accepted()]
