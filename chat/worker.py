@@ -42,7 +42,7 @@ def work_once() -> bool:
     if held is None:
         return False
     try:
-        adapter = adapter_for(held.channel_kind, held.channel_settings, db_timeout())
+        adapter = adapter_for(held.channel_kind, held.channel_settings, send_timeout())
         provider_id = adapter.send(held.outgoing)
     except SendError as error:
         log.info("delivery %s attempt %s: %s (%s)", held.delivery_id, held.attempt, error.reason,
@@ -56,7 +56,7 @@ def work_once() -> bool:
     return True
 
 
-def db_timeout() -> float:
+def send_timeout() -> float:
     from flask import current_app
 
     return current_app.config["DELIVERY_SEND_TIMEOUT"]

@@ -5,16 +5,15 @@ chat.worker.work_once, called here where a worker process would loop.
 """
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 from sqlalchemy import func, select
 
-from chat import delivery, worker
+from chat import catalog, delivery, worker
 from chat.extensions import db
-from chat.models import Delivery, DeliveryStatus, Message
-from tests.conftest import INBOUND_TOKEN, app_with_tables, make_config
+from chat.models import ACTIVE, Delivery, DeliveryStatus, Message
+from tests.conftest import INBOUND_TOKEN, app_with_tables, make_config, make_conversation, make_user
 from tests.provider import FakeProvider
 from tests.test_push import connect, events
 
@@ -93,18 +92,20 @@ def test_a_reply_commits_with_its_delivery_and_the_worker_sends_it_signed(app, c
     assert listed["last_message"] == "Your order ships today" and listed["last_message_state"] == "sent"
 
 
-def test_without_a_channel_a_reply_says_not_sent(database_url, cache_config, token):
-    app = next(app_with_tables(make_config(database_url, **cache_config)))
-    from tests.conftest import world as _  # noqa: F401 - the world fixture needs pytest; build it inline
+@pytest.fixture
+def app_without_channel(database_url, cache_config):
+    """The app as `make run` starts it without channel settings (emptied afterwards, like `app`)."""
+    yield from app_with_tables(make_config(database_url, **cache_config))
+
+
+def test_without_a_channel_a_reply_says_not_sent(app_without_channel):
+    app = app_without_channel
     with app.app_context():
-        from tests.conftest import make_conversation, make_user
-        from chat.models import ACTIVE
         ana = make_user("ana@example.com", "Ana")
         db.session.flush()
         conversation = make_conversation("+5511900000001", "No Channel", ACTIVE, user=ana)
         db.session.commit()
         cid = conversation.id
-        from chat import catalog
         headers = {"Authorization": f"Bearer {catalog.issue_api_token('ana@example.com')}"}
     client = app.test_client()
     sent = client.post(f"/api/conversations/{cid}/messages", json={"body": "hello?"}, headers=headers).get_json()["data"]
