@@ -16,6 +16,7 @@ import time
 
 from flask import Flask
 from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -41,25 +42,50 @@ def work_once() -> bool:
     held = delivery.claim()
     if held is None:
         return False
+    lease_ends = time.monotonic() + _setting("DELIVERY_LEASE_SECONDS")
     try:
         adapter = adapter_for(held.channel_kind, held.channel_settings, send_timeout())
         provider_id = adapter.send(held.outgoing)
     except SendError as error:
         log.info("delivery %s attempt %s: %s (%s)", held.delivery_id, held.attempt, error.reason,
                  "temporary" if error.temporary else "permanent")
-        delivery.record_failure(held, error)
+        _record(lease_ends, held, delivery.record_failure, error)
     except Exception as exc:  # noqa: BLE001 - a bug in an adapter fails the reply, visibly, not the worker
         log.exception("delivery %s: the channel adapter raised", held.delivery_id)
-        delivery.record_failure(held, SendError(f"the inbox could not send it ({type(exc).__name__})", temporary=True))
+        _record(lease_ends, held, delivery.record_failure,
+                SendError(f"the inbox could not send it ({type(exc).__name__})", temporary=True))
     else:
-        delivery.record_sent(held, provider_id)
+        _record(lease_ends, held, delivery.record_sent, provider_id)
     return True
 
 
+def _record(lease_ends: float, held: delivery.Claim, record, answer) -> None:
+    """Record the provider's answer, through a database that is away for a moment: the reply
+    went out, so giving up would leave it "sending" until the lease ends and then send it
+    again. Tried until shortly before the lease ends (after that another worker owns it)."""
+    pause = 0.1
+    while True:
+        try:
+            record(held, answer)
+            return
+        except DBAPIError:
+            db.session.rollback()
+            if time.monotonic() + pause > lease_ends - 1:
+                raise
+            log.warning("delivery %s: could not record the provider's answer; trying again in %.1f s",
+                        held.delivery_id, pause, exc_info=True)
+            time.sleep(pause)
+            pause = min(2.0, pause * 2)
+
+
 def send_timeout() -> float:
+    return _setting("DELIVERY_SEND_TIMEOUT")
+
+
+def _setting(name: str) -> float:
     from flask import current_app
 
-    return current_app.config["DELIVERY_SEND_TIMEOUT"]
+    return current_app.config[name]
 
 
 def run(app: Flask, stop: threading.Event, concurrency: int | None = None) -> None:

@@ -157,3 +157,46 @@ def _restart_under_load(servers: list[LiveServer], postgres, provider: FakeProvi
     provider.wait_for(1, timeout=10)
     bodies = [r.json["body"] for r in provider.accepted()]
     assert bodies.count("sent while down") == 1  # delivered exactly once
+
+
+def test_a_send_the_provider_answers_while_the_database_is_away_is_recorded_once_it_is_back(tmp_path, postgres):
+    """The worker is mid-send when PostgreSQL stops; the provider takes the reply and answers while
+    the database is away. Once it is back the reply shows `sent` (not "sending" until its lease
+    ends), and the provider never gets it a second time."""
+    with FakeProvider(hang_seconds=3) as provider, deployment("embedded", tmp_path, postgres, provider) as servers:
+        server = servers[0]
+        token = server.flask("agent", "token", "admin@example.com").strip()
+        api = http()
+        api.headers["Authorization"] = f"Bearer {token}"
+        listed = api.get(f"{server.base}/api/conversations?status=all", timeout=5).json()["data"]
+        conversation = next(c["id"] for c in listed if c["status"] == "active")
+        body = "answered while the database was away"
+
+        provider.script("hang")  # takes it, answers 3 s later
+        stored = api.post(f"{server.base}/api/conversations/{conversation}/messages", json={"body": body},
+                          headers={"Idempotency-Key": "away-0001"}, timeout=5)
+        assert stored.status_code == 201, stored.text
+        message_id = stored.json()["data"]["id"]
+        provider.wait_for(1, timeout=10, accepted=False)  # the worker is waiting for the answer
+        postgres.stop("fast")
+        provider.wait_for(1, timeout=10)  # answered: the customer has it; the database is still away
+        time.sleep(1)
+        postgres.start()
+        up_at = time.monotonic()
+
+        state = None
+        while time.monotonic() < up_at + 15:
+            try:
+                page = api.get(f"{server.base}/api/conversations/{conversation}/messages", timeout=5)
+            except requests.RequestException:
+                page = None
+            if page is not None and page.status_code == 200:
+                (message,) = [m for m in page.json()["data"] if m["id"] == message_id]
+                state = message["delivery"]["state"]
+                if state == "sent":
+                    break
+            time.sleep(0.2)
+        assert state == "sent", f"still {state!r} {time.monotonic() - up_at:.1f} s after the database came back"
+        time.sleep(1)
+        assert [r.json["body"] for r in provider.requests].count(body) == 1, "sent to the provider again"
+        assert "could not record the provider's answer" in server.log_path.read_text(errors="replace")

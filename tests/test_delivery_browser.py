@@ -266,8 +266,63 @@ def test_a_reply_sent_offline_is_stored_once_and_reaches_the_provider_once(open_
     (request,) = wait_for_requests(provider, text, 1)
     message_id = int(message.get_attribute("data-message-id"))
     assert request.key == str(message_id)
-    expect(message.locator(".msg-meta .ticks")).to_have_class(re.compile(r"\bticks-sent\b"), timeout=LIVE_MS)
+    try:
+        expect(message.locator(".msg-meta .ticks")).to_have_class(re.compile(r"\bticks-sent\b"), timeout=LIVE_MS)
+    except AssertionError as failure:  # what the server did meanwhile says whose fault it is
+        log = server.log_path.read_text(errors="replace")[-4000:]
+        raise AssertionError(f"{failure}\n-- the server's log, last lines --\n{log}") from None
     time.sleep(1.5)  # another flush, a reconnect or the worker's next poll must not send it again
     assert messages_in_db(server, text) == 1
     assert len(requests_with_body(provider, text)) == 1
     expect(message).to_have_count(1)
+
+
+def test_an_answer_that_comes_back_late_never_leaves_an_older_state_on_screen(open_page, server, provider):
+    """The agent re-opens the conversation; that answer is slow (held here) and, meanwhile,
+    the customer's phone reports the reply delivered and a push refreshes the thread. The late
+    answer, rendered before, must not turn the ticks back for good."""
+    from playwright.sync_api import expect
+
+    page = open_page()
+    log_in(page, "ana@example.com")
+    connected(page)
+    conversation_id, pane = open_mine(page, nth=3)
+    mark_the_document(page)
+    text = f"On its way {time.time()}"
+    type_and_send(page, pane, text)
+    message = sent_message(pane, text)
+    ticks = message.locator(".msg-meta .ticks")
+    expect(ticks).to_have_class(re.compile(r"\bticks-sent\b"), timeout=LIVE_MS)
+    message_id = int(message.get_attribute("data-message-id"))
+
+    held = []
+
+    def hold(route):  # the first: the server answers now, the browser gets it later
+        if held:
+            route.continue_()
+        else:
+            held.append((route, route.fetch()))
+
+    pane_url = re.compile(rf"/conversations/{conversation_id}(\?.*)?$")
+    page.route(pane_url, hold)
+    page.evaluate("""() => { window.__paneSwapped = false;
+        document.addEventListener("htmx:afterSwap", e => {
+          if (e.detail.target.id === "pane") { window.__paneSwapped = true; } }); }""")
+    page.locator(f"#row-{conversation_id}").get_by_role("link").click()
+    deadline = time.monotonic() + 5
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(20)
+    assert held, "re-opening the conversation asked nothing of the server"
+    route, late = held[0]
+    assert late.status == 200 and "ticks-sent" in late.text()  # rendered before the status came
+
+    post_status(server, f"prov-{message_id}", "delivered")
+    expect(ticks).to_have_class(re.compile(r"\bticks-delivered\b"), timeout=LIVE_MS)
+
+    route.fulfill(response=late)
+    page.wait_for_function("() => window.__paneSwapped === true", timeout=5_000)
+    page.unroute(pane_url)
+    expect(ticks).to_have_class(re.compile(r"\bticks-delivered\b"), timeout=LIVE_MS)
+    time.sleep(0.5)
+    expect(ticks).to_have_class(re.compile(r"\bticks-delivered\b"))
+    assert same_document(page), "the page was reloaded"

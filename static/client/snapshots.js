@@ -7,6 +7,9 @@
 // - Refreshes morph the element (idiomorph), so what the agent is doing inside survives:
 //   typed text, caret, focus, the list's scroll position, and every page loaded by scrolling
 //   (a list refresh asks for as many rows as are loaded; a conversation, as many messages).
+// - Answers come back in any order: one asked for before a newer answer filled a fragment
+//   inside what it replaces (a pane requested before a push refreshed its messages) does not
+//   leave the older copy on screen: that fragment is refreshed again at once.
 (function (Inbox) {
   "use strict";
   if (!Inbox.store) { return; }
@@ -45,9 +48,15 @@
     });
   }
 
-  // Ask the server for a fresh copy of `el` (through its hx-get, hx-trigger="refresh").
+  function byKey(key) {
+    return key ? document.querySelector('[data-cache-key="' + CSS.escape(key) + '"]') : null;
+  }
+
+  // Ask the server for a fresh copy of `el` (through its hx-get, hx-trigger="refresh"); one a
+  // swap replaced since it was picked is found again by what it shows.
   function refresh(el) {
-    if (document.contains(el)) { htmx.trigger(el, "refresh"); }
+    if (!document.contains(el)) { el = byKey(el.dataset && el.dataset.cacheKey); }
+    if (el) { htmx.trigger(el, "refresh"); }
   }
 
   // On load: server-rendered fragments are kept as snapshots; placeholders (the server sends
@@ -105,6 +114,42 @@
       return el.contains(target) || target.contains(el);
     }) : all();
     changed.forEach(save);
+  });
+
+  // -- a slow answer never overwrites a newer one ---------------------------------------------
+  // Every request is numbered when it leaves; every fragment remembers the number of the
+  // request whose answer last wrote it. An answer older than that for a fragment it writes
+  // (the fragment itself, or one inside it) is swapped (it is newer for the rest) and that
+  // fragment is asked for again, so the newest state is what stays on screen.
+  var numberOf = new WeakMap(), sent = 0, filledBy = {};  // data-cache-key -> request number
+  var older = new WeakMap();  // request -> the keys it would turn back
+
+  function written(target) { return all().filter(function (el) { return target.contains(el); }); }
+
+  document.addEventListener("htmx:beforeRequest", function (e) {
+    if (e.detail.xhr) { numberOf.set(e.detail.xhr, ++sent); }
+  });
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    var n = e.detail.xhr && numberOf.get(e.detail.xhr);
+    if (!n || !e.detail.shouldSwap || !e.detail.target) { return; }
+    var target = e.detail.target;
+    older.set(e.detail.xhr, {
+      target: target.dataset && target.dataset.cacheKey,
+      keys: written(target).map(function (el) { return el.dataset.cacheKey; })
+        .filter(function (key) { return (filledBy[key] || 0) > n; }),
+    });
+  });
+  document.addEventListener("htmx:afterSwap", function (e) {
+    var n = e.detail.xhr && numberOf.get(e.detail.xhr), swap = n && older.get(e.detail.xhr);
+    if (!swap) { return; }
+    // An outerHTML swap replaced the target: what it wrote is the element with its key now.
+    var target = document.contains(e.detail.target) ? e.detail.target : byKey(swap.target);
+    if (target) {
+      written(target).forEach(function (el) {
+        filledBy[el.dataset.cacheKey] = Math.max(filledBy[el.dataset.cacheKey] || 0, n);
+      });
+    }
+    outermost(swap.keys.map(byKey).filter(Boolean)).forEach(refresh);
   });
 
   // Morphing keeps what the agent is doing: the value of a reply box is the agent's (drafts.js
