@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from . import push, visibility
 from .cache import smart_cache
-from .visibility import AGENTS, DIRECTORY
+from .visibility import AGENTS, DIRECTORY, LABELS
 
 CHANGES = "chat.changes"  # session.info key: rows changed in the current transaction
 WROTE = "chat.wrote"  # session.info key: the transaction has sent writes to the database
@@ -46,6 +46,9 @@ class Rule:
     # those rows are (a message is heard where its conversation is). Read after the commit when
     # the transaction did not change that row itself.
     rooms_of_parent: tuple[str, str] | None = None
+    # (table, column): a change of this row is a change of the row of `table` its `column` names
+    # (a conversation's label is the conversation's): that row's rule applies to it, as it is now.
+    counts_as_parent: tuple[str, str] | None = None
 
 
 # The one place that says what depends on what. A new fragment adds a line here; who may see
@@ -65,7 +68,9 @@ INVALIDATION_MAP: dict[str, Rule] = {
     "user_departments": Rule(prefixes=("user:{user_id}", "token", "agents"), tags=(DIRECTORY,),
                              rooms=(AGENTS,)),
     "quick_replies": Rule(prefixes=("quick_replies",), rooms=(AGENTS,)),
-    "tags": Rule(prefixes=("tags",), rooms=(AGENTS,)),
+    "tags": Rule(prefixes=("tags",), tags=(LABELS,), rooms=(AGENTS,)),
+    "conversation_labels": Rule(counts_as_parent=("conversations", "conversation_id")),
+    "mentions": Rule(prefixes=("mentions:user:{user_id}",), rooms=("user:{user_id}",)),
 }
 
 
@@ -102,29 +107,43 @@ def stale_after(changes: Iterable[Change], parents: Callable[[str, set], dict] |
             stale.everything = True  # e.g. the seed's bulk inserts: no rows to reason about
             continue
         templates = rule.tags + (rule.tags_on_update if change.kind != "insert" else ())
+        if rule.counts_as_parent:
+            table, column = rule.counts_as_parent
+            parent_rule = INVALIDATION_MAP[table]
+            for row in change.rows:
+                parent = parent_rows.get((table, row.get(column)))
+                if parent is not None:
+                    _add_row(stale, parent_rule, parent, parent_rule.tags + parent_rule.tags_on_update, parent_rows)
+            continue
         for row in change.rows:
-            values = {k: ("none" if v is None else v) for k, v in row.items()}
             columns = changed.get((change.table, row.get("id")), set())
             if rule.session_column and rule.session_column in columns:
                 stale.ended_sessions.add(row["id"])
                 if columns == {rule.session_column}:  # a sign-out, nothing any list shows
+                    values = {k: ("none" if v is None else v) for k, v in row.items()}
                     stale.prefixes.update(_format_each(rule.session_prefixes, values))
                     continue
-            prefixes = _format_each(rule.prefixes, values)
-            tags = _format_each(templates, values) + (list(rule.tags_of(row)) if rule.tags_of else [])
-            stale.prefixes.update(prefixes)
-            stale.tags.update(tags)
-            rooms = _format_each(rule.rooms, values) + (list(rule.rooms_of(row)) if rule.rooms_of else [])
-            if rule.rooms_of_parent:
-                table, column = rule.rooms_of_parent
-                parent = parent_rows.get((table, row.get(column)))
-                parent_rule = INVALIDATION_MAP[table]
-                if parent is not None and parent_rule.rooms_of:
-                    rooms += list(parent_rule.rooms_of(parent))
-            for room in rooms:
-                stale.rooms.setdefault(room, set()).update(
-                    prefixes + [t for t in tags if visibility.hears(room, t)])
+            _add_row(stale, rule, row, templates, parent_rows)
     return stale
+
+
+def _add_row(stale: StaleAfterCommit, rule: Rule, row: dict, templates: tuple[str, ...],
+             parent_rows: dict[tuple[str, object], dict]) -> None:
+    """What one row snapshot makes stale under `rule` (tags from `templates`), and who hears it."""
+    values = {k: ("none" if v is None else v) for k, v in row.items()}
+    prefixes = _format_each(rule.prefixes, values)
+    tags = _format_each(templates, values) + (list(rule.tags_of(row)) if rule.tags_of else [])
+    stale.prefixes.update(prefixes)
+    stale.tags.update(tags)
+    rooms = _format_each(rule.rooms, values) + (list(rule.rooms_of(row)) if rule.rooms_of else [])
+    if rule.rooms_of_parent:
+        table, column = rule.rooms_of_parent
+        parent = parent_rows.get((table, row.get(column)))
+        parent_rule = INVALIDATION_MAP[table]
+        if parent is not None and parent_rule.rooms_of:
+            rooms += list(parent_rule.rooms_of(parent))
+    for room in rooms:
+        stale.rooms.setdefault(room, set()).update(prefixes + [t for t in tags if visibility.hears(room, t)])
 
 
 def _parent_rows(changes: list[Change], parents: Callable[[str, set], dict] | None) -> dict[tuple[str, object], dict]:
@@ -133,9 +152,10 @@ def _parent_rows(changes: list[Change], parents: Callable[[str, set], dict] | No
     wanted: dict[str, set] = {}
     for change in changes:
         rule = INVALIDATION_MAP.get(change.table)
-        if rule and rule.rooms_of_parent and change.kind != "bulk":
-            table, column = rule.rooms_of_parent
-            wanted.setdefault(table, set()).update(r.get(column) for r in change.rows if r.get(column) is not None)
+        for named in (rule.rooms_of_parent, rule.counts_as_parent) if rule and change.kind != "bulk" else ():
+            if named:
+                table, column = named
+                wanted.setdefault(table, set()).update(r.get(column) for r in change.rows if r.get(column) is not None)
     found: dict[tuple[str, object], dict] = {}
     for change in changes:
         if change.table in wanted and change.kind != "bulk":

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -210,6 +211,9 @@ class Message(db.Model):
     delivery_reason: Mapped[str | None] = mapped_column(Text)
     delivery_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     delivery_retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A private note: agents only. Never sent through a channel, never the conversation's last
+    # message (its preview, order and ticks stay the customer's thread).
+    private: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     sender: Mapped[User | None] = relationship(lazy="joined")
 
@@ -261,6 +265,39 @@ class Tag(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(60), unique=True)
     color: Mapped[str] = mapped_column(String(7), default="#0ea5e9")
+
+
+class ConversationLabel(db.Model):
+    """A tag (the admin's list) put on a conversation by an agent: its label."""
+
+    __tablename__ = "conversation_labels"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    tag_id: Mapped[int] = mapped_column(ForeignKey("tags.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("conversation_id", "tag_id", name="uq_conversation_labels_conversation_tag"),
+        Index("ix_conversation_labels_tag", "tag_id", "conversation_id"),
+    )
+
+
+class Mention(db.Model):
+    """An agent named in a private note (`@Bruno`): told live, listed until they mark it seen."""
+
+    __tablename__ = "mentions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))  # who is mentioned
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    seen: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("message_id", "user_id", name="uq_mentions_message_user"),
+        Index("ix_mentions_user_seen", "user_id", "seen", "id"),
+    )
 
 
 class QuickReply(db.Model):

@@ -26,6 +26,8 @@ Agent = Union[User, Viewer]  # a row from the users table, or the signed-in agen
 
 TABS = ("pending", "mine", "closed", "all")
 DIRECTORY = "directory"  # tag: names and colours of agents, departments, contacts shown in lists
+# The admin's tags as labels: what every list, pane and dashboard showing a label depends on.
+LABELS = "labels"
 
 # Tags: what can change a conversation list.
 ALL_CONVERSATIONS = "convs:all"
