@@ -36,7 +36,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["REDIS_URL"] = check_redis_url(app.config.get("REDIS_URL"))  # a bad one stops here, said plainly
 
     from . import auth, admin, api, cli, inbox, invalidation, observability, offline, push, web
-    from . import catalog, contacts, dashboard, throttle, webhooks, worker
+    from . import catalog, compression, contacts, dashboard, throttle, webhooks, worker
     from .cache import smart_cache
     from .extensions import csrf, db, login_manager, migrate
 
@@ -52,6 +52,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     offline.init_app(app)
     worker.init_app(app)
     catalog.init_app(app)
+    compression.init_app(app)
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(inbox.bp)

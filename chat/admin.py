@@ -108,26 +108,37 @@ def agent(agent_id: int | None = None):
     if agent_id and existing is None:
         abort(404)
     if request.method == "GET":
-        form = {"email": existing.email, "name": existing.name, "role": existing.role,
-                "active": existing.active, "department_ids": existing.department_ids}
-        return render_template("admin/agent.html", agent=existing, departments=reads.departments(),
-                               form=form, error=None)
-    form = {
-        "email": request.form.get("email", ""),
-        "name": request.form.get("name", ""),
-        "role": request.form.get("role", "agent"),
-        "active": request.form.get("active") == "on" if agent_id else True,
-        "department_ids": request.form.getlist("department_ids", type=int),
-    }
+        return _agent_page("admin/agent.html", existing, _agent_form(existing))
+    form = _agent_form_submitted(new=agent_id is None)
     try:
         catalog.save_agent(password=request.form.get("password") or None, agent_id=agent_id, **form)
     except DomainError as exc:
         db.session.rollback()
-        template = "admin/agent.html" if agent_id else "admin/agents.html"
-        return render_template(template, agent=existing, agents=reads.agents(),
-                               departments=reads.departments(), form=form, error=exc.message), exc.status
+        return _agent_page("admin/agent.html" if agent_id else "admin/agents.html", existing, form, exc)
     flash(f"Saved {form['name']}.", "success")
     return redirect(url_for("admin.agents"))
+
+
+def _agent_form(existing: User) -> dict:
+    return {"email": existing.email, "name": existing.name, "role": existing.role,
+            "active": existing.active, "department_ids": existing.department_ids}
+
+
+def _agent_form_submitted(new: bool) -> dict:
+    """The agent form's fields as posted (a new agent starts active)."""
+    return {
+        "email": request.form.get("email", ""),
+        "name": request.form.get("name", ""),
+        "role": request.form.get("role", "agent"),
+        "active": True if new else request.form.get("active") == "on",
+        "department_ids": request.form.getlist("department_ids", type=int),
+    }
+
+
+def _agent_page(template: str, existing: User | None, form: dict, error: DomainError | None = None):
+    page = render_template(template, agent=existing, agents=reads.agents(), departments=reads.departments(),
+                           form=form, error=error.message if error else None)
+    return page, error.status if error else 200
 
 
 # -- channels: secrets go in, never out (the templates get their set-or-not state only) --------
@@ -149,6 +160,12 @@ def channel(channel_id: int | None = None):
     if request.method == "GET":
         return _channel_page(existing, _channel_form(existing.kind, existing.settings or {}, existing.name,
                                                      existing.active, existing.is_default))
+    return _save_channel(existing)
+
+
+def _save_channel(existing: Channel | None):
+    """The channel form posted: saved, or the form again with what is wrong."""
+    channel_id = existing.id if existing else None
     settings, form = _posted_channel(existing.kind if existing else request.form.get("kind", ""))
     try:
         catalog.save_channel(form["kind"], form["name"], settings, form["active"], form["is_default"],

@@ -9,13 +9,10 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from . import catalog, delivery, domain, fragments, metrics, queries, reads, throttle
 from .errors import DomainError, InvalidInput, NotFound, UnsupportedMediaType
+from .responses import json_error
 from .visibility import TABS, can_see_summary
 
 bp = Blueprint("api", __name__, url_prefix="/api")
-
-
-def json_error(message: str, status: int):
-    return jsonify({"error": message}), status
 
 
 def ok(data, status: int = 200, **extra):
@@ -92,9 +89,24 @@ def conversations():
         return json_error(f"status must be one of {', '.join(TABS)}", 400)
     page = fragments.conversation_list(
         g.agent, tab, request.args.get("department", type=int), request.args.get("q", ""),
-        request.args.get("cursor"),
+        request.args.get("cursor"), label=request.args.get("label"),
     )
     return ok(page["items"], next_cursor=page["next_cursor"])
+
+
+@bp.post("/conversations/<int:conversation_id>/labels")
+@agent_required
+def add_label(conversation_id: int):
+    """201 with the conversation's labels; 200 when it carried that label already."""
+    added = domain.add_label(conversation_id, g.agent, _json_body("label").get("label"))
+    return ok(queries.labels_of([conversation_id])[conversation_id], 201 if added else 200)
+
+
+@bp.delete("/conversations/<int:conversation_id>/labels/<path:name>")
+@agent_required
+def remove_label(conversation_id: int, name: str):
+    domain.remove_label(conversation_id, g.agent, name)
+    return ok(queries.labels_of([conversation_id])[conversation_id])
 
 
 @bp.get("/conversations/<int:conversation_id>/messages")
@@ -112,10 +124,17 @@ def messages(conversation_id: int):
 @bp.post("/conversations/<int:conversation_id>/messages")
 @agent_required
 def reply(conversation_id: int):
-    """201 with the new message; with an Idempotency-Key header a retry gets 200 and the same one."""
-    message, created = domain.send_reply(conversation_id, g.agent, _json_body("body").get("body"),
-                                         request.headers.get("Idempotency-Key"))
-    return ok(queries.message_dict(message), 201 if created else 200)
+    """201 with the new message; with an Idempotency-Key header a retry gets 200 and the same one.
+    With "private": true it is a note (agents only, never sent; its @mentions told), and the answer
+    also names the agents it mentions who may not see the conversation ("not_notified")."""
+    data = _json_body("body", "private")
+    private = data.get("private", False)
+    if not isinstance(private, bool):
+        raise InvalidInput("private must be true or false")
+    sent = domain.send_message(conversation_id, g.agent, data.get("body"), request.headers.get("Idempotency-Key"),
+                               private)
+    extra = {"not_notified": list(sent.not_notified)} if private else {}
+    return ok(queries.message_dict(sent.message), 201 if sent.created else 200, **extra)
 
 
 @bp.post("/conversations/<int:conversation_id>/accept")
@@ -167,18 +186,8 @@ def inbound():
     """A contact's message from the messaging provider (or, with "from_me": true, the echo of one
     the business sent); retried deliveries are stored once."""
     data = _json_body(*INBOUND_FIELDS)
-    if not isinstance(data.get("from_me", False), bool):
-        raise InvalidInput("from_me must be true or false")
-    channel = catalog.inbound_webhook_channel(data.get("channel"))
-    result = domain.receive_inbound(
-        phone=data.get("phone"),
-        body=data.get("body"),
-        name=data.get("name"),
-        external_id=data.get("external_id"),
-        avatar_url=data.get("avatar_url"),
-        channel_id=channel,
-        from_me=data.get("from_me", False),
-    )
+    channel = catalog.inbound_webhook_channel(data.pop("channel", None))
+    result = domain.receive_inbound(data.pop("phone", None), data.pop("body", None), **data, channel_id=channel)
     payload = {"conversation_id": result.conversation_id, "message_id": result.message_id}
     return ok(payload, 201 if result.created else 200)
 

@@ -7,15 +7,13 @@ from flask import (Blueprint, Flask, Response, flash, jsonify, make_response, re
                    request, url_for)
 from flask_login import LoginManager, current_user, login_required, login_url, login_user, logout_user
 from flask_wtf import FlaskForm
-from sqlalchemy import select
 from wtforms import BooleanField, EmailField, PasswordField
 from wtforms.validators import DataRequired, Length, ValidationError
 
 from . import catalog, reads, throttle
 from .domain import reject_control_characters
-from .errors import InvalidInput
-from .extensions import db
-from .models import User, Viewer
+from .errors import InvalidInput, Unauthorized
+from .models import Viewer
 
 bp = Blueprint("auth", __name__)
 
@@ -71,14 +69,12 @@ def init_app(app: Flask, login_manager: LoginManager) -> None:
 def login():
     if current_user.is_authenticated:
         return redirect(url_for("inbox.index"))
-    form = LoginForm()
-    error = None
+    form, error = LoginForm(), None
     if form.validate_on_submit():
-        user = db.session.scalar(select(User).where(User.email == form.email.data.strip().lower()))
-        if user is None or not user.check_password(form.password.data):
-            error = "Email or password is wrong."
-        elif not user.active:
-            error = "This account is deactivated. Ask an admin."
+        try:
+            user = catalog.authenticate(form.email.data, form.password.data)
+        except Unauthorized as refused:
+            error = refused.message
         else:
             login_user(user, remember=form.remember.data)
             throttle.signed_in()

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from .domain import reject_control_characters
-from .errors import InvalidInput, NotFound
+from .errors import InvalidInput, NotFound, Unauthorized
 from .extensions import db
 from .models import ADMIN, CHANNEL_KINDS, ROLES, WEBHOOK, WHATSAPP, Channel, Department, QuickReply, Tag, User
 
@@ -128,6 +128,16 @@ def _admin_count() -> int:
     return db.session.scalar(
         select(func.count()).select_from(User).where(User.role == ADMIN, User.active.is_(True))
     )
+
+
+def authenticate(email: str, password: str) -> User:
+    """The agent these credentials sign in; 401 with what to tell them otherwise."""
+    user = db.session.scalar(select(User).where(User.email == email.strip().lower()))
+    if user is None or not user.check_password(password):
+        raise Unauthorized("Email or password is wrong.")
+    if not user.active:
+        raise Unauthorized("This account is deactivated. Ask an admin.")
+    return user
 
 
 def end_sessions(agent_id: int) -> None:

@@ -25,6 +25,9 @@ class Config:
     TOKEN_LIMIT_PER_ADDRESS = os.environ.get("TOKEN_LIMIT_PER_ADDRESS", "20 per minute")
     # Names this deploy's static files and service worker (with their contents); ETags too.
     RELEASE = os.environ.get("RELEASE", "1")
+    # Message search (chat/search.py): PostgreSQL's text-search configuration ('simple': words as
+    # written, any language; 'english', 'portuguese', ...: stemmed). Read when the index is built.
+    SEARCH_LANGUAGE = os.environ.get("SEARCH_LANGUAGE", "simple")
     PAGE_SIZE = 50
     MESSAGE_PAGE_SIZE = 50
     MAX_BODY_LENGTH = 4096

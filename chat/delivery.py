@@ -71,7 +71,9 @@ def resolve_channel(conversation: Conversation) -> Channel | None:
 
 def enqueue(message: Message, conversation: Conversation) -> None:
     """Give a flushed reply its delivery row (the caller commits both at once), or say why it
-    will not be sent."""
+    will not be sent. A private note is never sent: asking is a bug, refused here too."""
+    if message.private:
+        raise ValueError(f"message {message.id} is a private note: it is never sent")
     channel = resolve_channel(conversation)
     if channel is None:
         message.delivery_state, message.delivery_reason = NONE, NO_CHANNEL
@@ -142,6 +144,14 @@ def claim() -> Claim | None:
         ).first()
         delivery, message, phone, channel = found
         attempt = delivery.attempts
+        if message.private:
+            # Never sent, whatever queued it (domain.write_note queues nothing): the note stays as it is.
+            log.error("delivery %s is of private note %s: refused, never sent", delivery.id, message.id)
+            db.session.execute(update(Delivery).where(Delivery.id == delivery.id)
+                               .values(done=True, lease_until=None, lease_token=None)
+                               .execution_options(synchronize_session=False))
+            db.session.commit()
+            continue
         if channel is None or not channel.active:
             _finish(delivery, message, FAILED, "its channel was removed or deactivated before it was sent")
             db.session.commit()
@@ -322,6 +332,8 @@ def retry(message_id: int, agent: Agent, conversation_id: int | None = None) -> 
     if message is None or not message.from_me or conversation_id not in (None, message.conversation_id):
         raise NotFound("message not found")
     conversation = get_visible_conversation(agent, message.conversation_id)
+    if message.private:
+        raise Conflict("a private note is never sent to the customer")
     state = message.delivery_state or NONE
     if not (state == FAILED or (state == NONE and message.delivery_reason == NO_CHANNEL)):
         raise Conflict(f"only a failed reply can be retried (this one is {state})")

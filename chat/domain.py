@@ -1,4 +1,5 @@
-"""What happens to conversations: receive, accept, reply, close, transfer, mark read.
+"""What happens to conversations: receive, accept, reply, write a private note, close, transfer,
+mark read.
 
 Each function validates, changes rows and commits. None of them knows about HTTP, the
 cache or sockets: what a commit changed is enough for the layers above to react.
@@ -7,11 +8,12 @@ State changes are conditional UPDATEs, so two agents racing cannot both win.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import delivery
@@ -24,12 +26,15 @@ from .models import (
     SENT,
     Contact,
     Conversation,
+    ConversationLabel,
     Department,
+    Mention,
     Message,
+    Tag,
     User,
     utcnow,
 )
-from .visibility import Agent, get_visible_conversation, sees_pending_of
+from .visibility import Agent, get_visible_conversation, sees_pending_of, visible_to
 
 PHONE_RE = re.compile(r"^\+?\d{5,20}$")
 
@@ -109,7 +114,7 @@ def receive_inbound(
     external_id: object = None,
     avatar_url: object = None,
     channel_id: int | None = None,
-    from_me: bool = False,
+    from_me: object = False,
 ) -> InboundResult:
     """Store a contact's message, opening or reopening its conversation as pending, and
     remember the channel it came through (replies go back through it).
@@ -118,6 +123,8 @@ def receive_inbound(
     reports a message the business sent (an echo of one of our replies, or one sent from its
     phone): matched to the stored reply by its id, or stored once as sent; it opens nothing.
     """
+    if not isinstance(from_me, bool):
+        raise InvalidInput("from_me must be true or false")
     phone = clean_phone(phone)
     body = clean_body(body)
     if name is not None and (not isinstance(name, str) or len(name) > 120):
@@ -276,7 +283,7 @@ def send_reply(
     """
     body = clean_body(body)
     key = clean_idempotency_key(idempotency_key)
-    sent = _sent_with_key(agent, key, conversation_id, body)
+    sent = _sent_with_key(agent, key, conversation_id, body, False)
     if sent is not None:
         return SentReply(sent, created=False)
     conversation = get_visible_conversation(agent, conversation_id)
@@ -308,23 +315,154 @@ def send_reply(
     except IntegrityError:
         # The unique (user_id, idempotency_key) settles a retry racing the original: it won.
         db.session.rollback()
-        sent = _sent_with_key(agent, key, conversation_id, body)
+        sent = _sent_with_key(agent, key, conversation_id, body, False)
         if sent is None:
             raise
         return SentReply(sent, created=False)
     return SentReply(message, created=True)
 
 
-def _sent_with_key(agent: Agent, key: str | None, conversation_id: int, body: str) -> Message | None:
-    """The agent's message stored under this key, if any; 409 if it is a different message."""
+def _sent_with_key(agent: Agent, key: str | None, conversation_id: int, body: str,
+                   private: bool) -> Message | None:
+    """The agent's message stored under this key, if any; 409 if it is a different message (a
+    note is never the same message as a reply with the same text)."""
     if key is None:
         return None
     message = db.session.scalar(
         select(Message).where(Message.user_id == agent.id, Message.idempotency_key == key)
     )
-    if message is not None and (message.conversation_id != conversation_id or message.body != body):
+    if message is not None and (message.conversation_id != conversation_id or message.body != body
+                                or bool(message.private) != private):
         raise Conflict(KEY_REUSED)
     return message
+
+
+# -- private notes and mentions ----------------------------------------------------------------
+class SentNote(NamedTuple):
+    message: Message
+    created: bool  # False: a retry; the key's note already existed and nothing changed
+    # Agents the note names (@Name) who may not see the conversation: not told (empty on a retry).
+    not_notified: tuple[str, ...] = ()
+
+
+def write_note(
+    conversation_id: int, agent: Agent, body: object, idempotency_key: object = None
+) -> SentNote:
+    """Store a private note: a message only agents see, on any conversation the agent may see,
+    whatever its status (agents talk a pending one over before accepting it, or a closed one
+    after). It is never sent (no delivery row: no channel ever gets it) and never the
+    conversation's last message (the list's preview, order, ticks and unread count stay the
+    customer's thread). `@Name` in it mentions other agents (mentioned_agents); those who may
+    see the conversation get a Mention row, committed with the note. The idempotency key works
+    as for a reply.
+    """
+    body = clean_body(body)
+    key = clean_idempotency_key(idempotency_key)
+    sent = _sent_with_key(agent, key, conversation_id, body, True)
+    if sent is not None:
+        return SentNote(sent, created=False)
+    conversation = get_visible_conversation(agent, conversation_id)
+    message = Message(
+        conversation_id=conversation_id, body=body, from_me=True, user_id=agent.id, created_at=utcnow(),
+        idempotency_key=key, private=True,
+    )
+    db.session.add(message)
+    try:
+        db.session.flush()
+        told, not_told = _reachable(mentioned_agents(body, agent), conversation_id)
+        db.session.add_all(Mention(message_id=message.id, conversation_id=conversation_id, user_id=user.id,
+                                   author_id=agent.id, created_at=message.created_at) for user in told)
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()  # a retry racing the original: it won
+        sent = _sent_with_key(agent, key, conversation_id, body, True)
+        if sent is None:
+            raise
+        return SentNote(sent, created=False)
+    return SentNote(message, created=True, not_notified=tuple(user.name for user in not_told))
+
+
+def send_message(conversation_id: int, agent: Agent, body: object, idempotency_key: object = None,
+                 private: bool = False) -> SentNote:
+    """What the reply box sends: a reply (send_reply), or with `private` a note (write_note)."""
+    if private:
+        return write_note(conversation_id, agent, body, idempotency_key)
+    message, created = send_reply(conversation_id, agent, body, idempotency_key)
+    return SentNote(message, created)
+
+
+MENTION_SIGN = re.compile(r"(?<!\w)@")  # an @ that starts a word: "ana@example.com" mentions nobody
+
+
+def fold_name(text: str) -> str:
+    """Case- and accent-insensitive form of a name or text: "Joao", "JOÃO" and "joão" read alike."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+def _name_pattern(words: list[str]) -> re.Pattern:
+    """The folded words of a name, as typed after the @: any spaces between them, then no letter."""
+    return re.compile(r"[^\S\n]+".join(re.escape(w) for w in words) + r"(?!\w)")
+
+
+def mentioned_agents(body: str, author: Agent) -> list[User]:
+    """The active agents a text mentions, other than its author, in the order named.
+
+    `@Bruno` names the agent whose first name is Bruno, `@Bruno Lima` (or `@bruno   lima`) the
+    one whose full name that is; case and accents do not matter (`@joao` is João). At each @
+    the longest name that fits wins. A name two agents share mentions neither of them (an
+    ambiguous `@Ana`, when there are Ana Costa and Ana Souza: write the full name). Names are
+    read against every active agent, so what `@Ana` means never depends on who may see the
+    conversation; who is then told is `_reachable`'s call.
+    """
+    text = fold_name(body)
+    signs = [m.end() for m in MENTION_SIGN.finditer(text)]
+    if not signs:
+        return []
+    full: dict[str, list[User]] = {}
+    first: dict[str, list[User]] = {}
+    for user in db.session.scalars(select(User).where(User.active.is_(True)).order_by(User.id)):
+        words = fold_name(user.name).split()
+        if words:
+            full.setdefault(" ".join(words), []).append(user)
+            first.setdefault(words[0], []).append(user)
+    # Full names first: at the same length a full name beats a first name ("@Ana" is the agent
+    # called just Ana, not Ana Costa).
+    patterns = [(_name_pattern(name.split()), users) for names in (full, first) for name, users in names.items()]
+    found: dict[int, User] = {}
+    for start in signs:
+        best_end, best = 0, None
+        for pattern, users in patterns:
+            matched = pattern.match(text, start)
+            if matched and matched.end() > best_end:
+                best_end, best = matched.end(), users
+        if best is not None and len(best) == 1 and best[0].id != author.id:
+            found.setdefault(best[0].id, best[0])
+    return list(found.values())
+
+
+def _reachable(users: list[User], conversation_id: int) -> tuple[list[User], list[User]]:
+    """(who may see the conversation, who may not), by the one visibility rule: a mention of an
+    agent who may not see it (another agent's active conversation, another department's queue)
+    is not stored and tells them nothing; the note keeps its text."""
+    told, not_told = [], []
+    for user in users:
+        sees = db.session.scalar(select(Conversation.id).where(Conversation.id == conversation_id, visible_to(user)))
+        (told if sees is not None else not_told).append(user)
+    return told, not_told
+
+
+def mark_mentions_seen(agent: Agent) -> int:
+    """The agent has seen every mention of them ("Mark all read"); how many were unseen."""
+    result = db.session.execute(
+        update(Mention)
+        .where(Mention.user_id == agent.id, Mention.seen.is_(False))
+        .values(seen=True)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount:
+        db.session.commit()
+    return result.rowcount
 
 
 def close_conversation(conversation_id: int, agent: Agent) -> Conversation:
@@ -379,6 +517,46 @@ def transfer_conversation(
     )
     db.session.commit()
     return db.session.get(Conversation, conversation_id)
+
+
+# -- labels ------------------------------------------------------------------------------------
+def _label(name: object) -> Tag:
+    """The admin's tag a label names (any case)."""
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInput("name a label: one of the tags an admin made")
+    found = db.session.scalar(select(Tag).where(func.lower(Tag.name) == name.strip().lower()))
+    if found is None:
+        raise InvalidInput(f"there is no label named {name.strip()[:60]!r}: labels are the tags an admin made")
+    return found
+
+
+def add_label(conversation_id: int, agent: Agent, name: object) -> bool:
+    """Put a label on a conversation the agent may see (any status); False when it was on it already."""
+    conversation = get_visible_conversation(agent, conversation_id)
+    tag = _label(name)
+    on_it = select(ConversationLabel.id).where(ConversationLabel.conversation_id == conversation.id,
+                                               ConversationLabel.tag_id == tag.id)
+    if db.session.scalar(on_it) is not None:
+        return False
+    db.session.add(ConversationLabel(conversation_id=conversation.id, tag_id=tag.id))
+    try:
+        db.session.commit()
+    except IntegrityError:  # another agent put it on at the same moment: it is on
+        db.session.rollback()
+        return False
+    return True
+
+
+def remove_label(conversation_id: int, agent: Agent, name: object) -> None:
+    """Take a label off a conversation the agent may see; 404 when it does not carry it."""
+    conversation = get_visible_conversation(agent, conversation_id)
+    tag = _label(name)
+    found = db.session.scalar(select(ConversationLabel).where(ConversationLabel.conversation_id == conversation.id,
+                                                              ConversationLabel.tag_id == tag.id))
+    if found is None:
+        raise NotFound(f"the conversation has no label {tag.name!r}")
+    db.session.delete(found)
+    db.session.commit()
 
 
 def _same_assignee(user_id: int | None):

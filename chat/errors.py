@@ -13,6 +13,10 @@ class InvalidInput(DomainError):
     status = 400
 
 
+class Unauthorized(DomainError):
+    status = 401
+
+
 class NotFound(DomainError):
     status = 404
 

@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterable
 from flask import Response, abort, make_response, render_template, request, url_for
 from flask_login import current_user
 
-from . import domain, metrics, queries, reads
-from .visibility import DIRECTORY, TABS, Agent, can_see_summary, list_scope
+from . import compression, domain, metrics, queries, reads, search
+from .visibility import DIRECTORY, LABELS, TABS, Agent, can_see_summary, list_scope
 
 MAX_QUERY_LENGTH = 100  # characters of a search kept (the box has no limit of its own)
 MAX_PAGES = 20  # a refreshed list (or conversation) keeps at most this many pages the agent loaded
@@ -71,30 +71,44 @@ def clean_query(q: str | None) -> str:
     return (q or "")[:MAX_QUERY_LENGTH]
 
 
+def label_filter(name: str | None) -> int | None:
+    """A label filter given by name (the API's `label`): its tag's id; a name no tag has filters
+    everything out (0); blank: no filter."""
+    name = (name or "").strip().lower()
+    if not name:
+        return None
+    return next((t["id"] for t in reads.tags() if t["name"].lower() == name), 0)
+
+
 def list_args(tab: str = "pending", department_id: int | None = None, q: str = "", pages: int = 1,
-              cursor: str | None = None) -> dict:
-    """A conversation list's arguments, as every caller passes them."""
+              cursor: str | None = None, label_id: int | None = None) -> dict:
+    """A conversation list's arguments, as every caller passes them (label_id: the tag a label
+    filter names, by id so that renaming the tag keeps the filter)."""
     return {"tab": tab if tab in TABS else "pending", "department_id": department_id, "q": q,
-            "pages": min(max(pages, 1), MAX_PAGES), "cursor": cursor}
+            "pages": min(max(pages, 1), MAX_PAGES), "cursor": cursor, "label_id": label_id}
 
 
 def list_args_from_request(cursor: bool = False) -> dict:
     """The list a page or fragment URL asks for (cursor: a next page, for the list's own URL)."""
     return list_args(request.args.get("tab", "pending"), request.args.get("department", type=int),
                      clean_query(request.args.get("q")), request.args.get("pages", 1, type=int),
-                     request.args.get("cursor") if cursor else None)
+                     request.args.get("cursor") if cursor else None,
+                     request.args.get("label_id", type=int) or label_filter(request.args.get("label")))
 
 
 def _list_url_args(args: dict) -> dict:
-    return {"tab": args["tab"], "department": args["department_id"], "q": args["q"] or None}
+    return {"tab": args["tab"], "department": args["department_id"], "q": args["q"] or None,
+            "label_id": args.get("label_id")}
 
 
 # -- the declarations -----------------------------------------------------------------------
 def conversation_list_key(viewer: Agent, tab: str, department_id: int | None, q: str,
-                          cursor: str | None = None, pages: int = 1) -> str:
+                          cursor: str | None = None, pages: int = 1, label_id: int | None = None) -> str:
     key = f"conversations:{list_scope(viewer, tab).name}:tab:{tab}"
     if department_id is not None:
         key += f":dept:{department_id}"
+    if label_id is not None:
+        key += f":label:{label_id}"
     if q.strip():
         key += f":q:{reads.digest(q.strip().lower())}"
     if cursor:
@@ -110,6 +124,11 @@ def counts_key(viewer: Agent) -> str:
 
 def dashboard_key(viewer: Agent) -> str:
     return f"dashboard:{list_scope(viewer).name}"
+
+
+def mentions_key(user_id: int) -> str:
+    """An agent's own mentions (invalidation.INVALIDATION_MAP's "mentions" rule names it)."""
+    return f"mentions:user:{user_id}"
 
 
 def conversation_key(conversation_id: int) -> str:
@@ -132,7 +151,7 @@ def messages_args(conversation_id: int, before: int | None = None, since: int | 
 
 def _list_key(viewer: Agent, args: dict) -> str:
     return conversation_list_key(viewer, args["tab"], args["department_id"], args["q"], args["cursor"],
-                                 args["pages"])
+                                 args["pages"], args.get("label_id"))
 
 
 CONVERSATION_LIST = Fragment(
@@ -140,9 +159,10 @@ CONVERSATION_LIST = Fragment(
     template="inbox/_list.html", more_arg="cursor", more_template="inbox/_rows.html", data_as="page",
     key=_list_key,
     element_key=lambda viewer, args: _list_key(viewer, {**args, "pages": 1}),
-    tags=lambda viewer, args: list_scope(viewer, args["tab"]).tags,
+    # Rows show labels; a search also hears new messages in its scope (search.list_tags).
+    tags=lambda viewer, args: search.list_tags(list_scope(viewer, args["tab"]).tags, args["q"]) + (LABELS,),
     query=lambda viewer, args: queries.list_conversations(viewer, args["tab"], args["department_id"], args["q"],
-                                                          args["cursor"], args["pages"]),
+                                                          args["cursor"], args["pages"], args.get("label_id")),
     context=lambda viewer, args: {"args": args},
 )
 
@@ -175,6 +195,7 @@ def _pane_context(viewer: Agent, args: dict) -> dict:
         "quick_replies": reads.quick_replies(),
         "agents": domain.transfer_targets(reads.agents(), viewer),
         "departments": reads.departments(),
+        "labels": reads.tags(),  # what the pane's "Add label" offers
         "allowed_actions": domain.ALLOWED_ACTIONS,
         "error": None,
     }
@@ -184,11 +205,11 @@ CONVERSATION_PANE = Fragment(
     name="pane", endpoint="inbox.conversation", url_args=lambda args: {"conversation_id": args["conversation_id"]},
     template="inbox/_pane.html", data_as="conversation",
     key=lambda viewer, args: conversation_key(args["conversation_id"]),
-    tags=lambda viewer, args: (DIRECTORY,),
+    tags=lambda viewer, args: (DIRECTORY, LABELS),
     query=lambda viewer, args: queries.conversation_summary_by_id(args["conversation_id"]),
     shows=lambda viewer, args: [conversation_key(args["conversation_id"]),
                                 messages_key(args["conversation_id"], since=args.get("since")),
-                                "quick_replies", "agents", "departments"],
+                                "quick_replies", "agents", "departments", "tags"],
     context=_pane_context,
     visible=lambda viewer, args: can_see_summary(viewer, conversation(args["conversation_id"])),
     keep_html=False,  # its forms carry this session's CSRF token
@@ -199,18 +220,31 @@ DASHBOARD = Fragment(
     name="dashboard", endpoint="dashboard.index", url_args=lambda args: {},
     template="dashboard/_stats.html", data_as="stats",
     key=lambda viewer, args: dashboard_key(viewer),
-    tags=lambda viewer, args: list_scope(viewer).tags,
+    tags=lambda viewer, args: list_scope(viewer).tags + (LABELS,),
     query=lambda viewer, args: queries.dashboard(viewer),
 )
 
+# The topbar's mentions of the signed-in agent (base.html, on every page). It lists only mentions
+# on conversations its agent may see now, so what can change that is in its tags (an admin sees
+# every conversation: names only).
+MENTIONS = Fragment(
+    name="mentions", endpoint="inbox.mentions", url_args=lambda args: {},
+    template="inbox/_mentions.html", data_as="mentions",
+    key=lambda viewer, args: mentions_key(viewer.id),
+    tags=lambda viewer, args: (DIRECTORY,) if viewer.is_admin else list_scope(viewer).tags,
+    query=lambda viewer, args: queries.mentions(viewer),
+    keep_html=False,  # its "Mark all read" form carries this session's CSRF token
+)
+
 FRAGMENTS: dict[str, Fragment] = {f.name: f for f in (CONVERSATION_LIST, TAB_COUNTS, CONVERSATION_PANE,
-                                                       MESSAGES, DASHBOARD)}
+                                                       MESSAGES, DASHBOARD, MENTIONS)}
 
 
 # -- reads the API shares with the fragments ----------------------------------------------------
 def conversation_list(viewer: Agent, tab: str, department_id: int | None = None, q: str = "",
-                      cursor: str | None = None, pages: int = 1) -> dict:
-    return CONVERSATION_LIST.read(viewer, list_args(tab, department_id, q, pages, cursor))
+                      cursor: str | None = None, pages: int = 1, label: str | None = None) -> dict:
+    """label: a tag's name (any case)."""
+    return CONVERSATION_LIST.read(viewer, list_args(tab, department_id, q, pages, cursor, label_filter(label)))
 
 
 def conversation(conversation_id: int) -> dict | None:
@@ -233,18 +267,23 @@ def _meta(fragment: Fragment, viewer: Agent, args: dict, rendered: bool = False)
     trip, the fragment's HTML as cached for this URL and viewer."""
     key, tags = fragment.key(viewer, args), tuple(fragment.tags(viewer, args))
     shown = fragment.shows(viewer, args) if fragment.shows else [key]
-    found = reads.lookup(viewer, shown, tags, entry=_rendered_key(viewer, shown, tags) if rendered else None)
+    found = reads.lookup(viewer, shown, tags, entry=_rendered_key(viewer, shown, tags, _encoding()) if rendered else None)
     m = Meta(key=fragment.element_key(viewer, args) if fragment.element_key else key, tags=tags,
              etag=found.etag if found else None, url=url_for(fragment.endpoint, **fragment.url_args(args)),
              data_key=key)
     return m, found
 
 
-def _rendered_key(viewer: Agent, shown: list[str], tags: tuple[str, ...]) -> str:
-    """Where the HTML of this URL for this viewer is cached: guarded by the generations its ETag
-    is computed from, so it is current exactly while the ETag is."""
+def _rendered_key(viewer: Agent, shown: list[str], tags: tuple[str, ...], encoding: str | None) -> str:
+    """Where the HTML of this URL for this viewer is cached, compressed with `encoding`: guarded
+    by the generations its ETag is computed from, so it is current exactly while the ETag is."""
     digest = hashlib.sha1(f"{request.full_path}|{reads.salt(viewer)}|{shown!r}|{tags!r}".encode()).hexdigest()[:24]
-    return f"{metrics.RENDERED}:{digest}"
+    return f"{metrics.RENDERED}:{digest}" + (f":{encoding}" if encoding else "")
+
+
+def _encoding() -> str | None:
+    """How this browser takes a fragment: br, gzip or as it is (chat/compression.py)."""
+    return compression.chosen(request.headers.get("Accept-Encoding", ""))
 
 
 def context(fragment: Fragment, viewer: Agent, args: dict, from_snapshot: bool = False,
@@ -274,17 +313,20 @@ def serve(fragment: Fragment, args: dict) -> Response:
     m, found = _meta(fragment, viewer, args, rendered=fragment.keep_html and not _if_none_match())
     more = bool(fragment.more_arg and args.get(fragment.more_arg))
     template = fragment.more_template if more else fragment.template
-    render = lambda: render_template(template, **context(fragment, viewer, args, meta_=m))  # noqa: E731
+    encoding = _encoding() if fragment.keep_html else None  # a fragment with a CSRF token: Flask-Compress
+    render = lambda: compression.encode(render_template(template, **context(fragment, viewer, args, meta_=m)),  # noqa: E731
+                                        encoding)
     if m.etag and fragment.keep_html and (found is None or found.key is None) and m.etag not in _if_none_match():
         # The browser's copy is stale: read the HTML now, with the generations again.
         shown = fragment.shows(viewer, args) if fragment.shows else [m.data_key]
-        found = reads.lookup(viewer, shown, m.tags, entry=_rendered_key(viewer, shown, m.tags))
+        found = reads.lookup(viewer, shown, m.tags, entry=_rendered_key(viewer, shown, m.tags, encoding))
         if found is None or found.etag != m.etag:
             found = None  # invalidated meanwhile (or the backend went down): render what the meta says
-    return respond(m.etag, render, keep_html=fragment.keep_html, found=found)
+    return respond(m.etag, render, keep_html=fragment.keep_html, found=found, encoding=encoding)
 
 
-def respond(etag: str | None, render: Callable[[], str], keep_html: bool = True, found: Any = None) -> Response:
+def respond(etag: str | None, render: Callable[[], str | bytes], keep_html: bool = True, found: Any = None,
+            encoding: str | None = None) -> Response:
     """Answer 304 when the browser's copy carries the current ETag (no query, no render),
     otherwise send the fragment with its ETag so the next refresh can revalidate.
 
@@ -293,14 +335,16 @@ def respond(etag: str | None, render: Callable[[], str], keep_html: bool = True,
     if etag and etag in _if_none_match():
         response = Response(status=304)
         response.headers["X-Cache"] = "HIT"
-    elif etag and keep_html and found is not None and found.key:
-        response = make_response(reads.read_looked_up(found, render))
     else:
-        response = make_response(render())
+        body = reads.read_looked_up(found, render) if etag and keep_html and found is not None and found.key \
+            else render()
+        response = make_response(body)
+        if isinstance(body, bytes):  # compressed when it was rendered (chat/compression.py)
+            response.headers["Content-Encoding"] = encoding
     if etag:
         response.headers["ETag"] = etag
         response.headers["Cache-Control"] = "private, no-cache"
-        response.vary.update(("Cookie", "HX-Request"))
+        response.vary.update(("Cookie", "HX-Request", "Accept-Encoding"))
     return response
 
 

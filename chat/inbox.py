@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from . import delivery, domain, fragments, reads
 from .errors import DomainError, NotFound
-from .fragments import CONVERSATION_LIST, CONVERSATION_PANE, MESSAGES, TAB_COUNTS
+from .extensions import db
+from .fragments import CONVERSATION_LIST, CONVERSATION_PANE, MENTIONS, MESSAGES, TAB_COUNTS
 from .visibility import can_see_summary
 from .web import is_fragment_request
 
@@ -31,6 +33,7 @@ def _page_context(args: dict, from_snapshot: bool = False) -> dict:
         **fragments.context(TAB_COUNTS, current_user, args, from_snapshot),
         "args": args,
         "departments": reads.departments(),
+        "labels": reads.tags(),
     }
 
 
@@ -95,8 +98,9 @@ def messages(conversation_id: int):
                                                              request.args.get("since", type=int)))
 
 
-def _answer_action(conversation_id: int, action, done: str = "Done."):
-    """Run a domain action, then answer with the refreshed pane (or its error)."""
+def _answer_action(conversation_id: int, action, done: str = "Done.", notice=lambda: None):
+    """Run a domain action, then answer with the refreshed pane (or its error); notice() says
+    what the agent should know of an action that worked (a note's mentions nobody was told of)."""
     try:
         action()
     except NotFound:
@@ -120,25 +124,72 @@ def _answer_action(conversation_id: int, action, done: str = "Done."):
         flash(done, "success")
         return redirect(url_for("inbox.index"))
     if is_fragment_request():
-        return render_template("inbox/_pane.html", **_pane_context(conversation_id))
+        return render_template("inbox/_pane.html", **_pane_context(conversation_id), notice=notice())
+    if notice():
+        flash(notice(), "info")
     return redirect(url_for("inbox.conversation", conversation_id=conversation_id))
 
 
 @bp.post("/conversations/<int:conversation_id>/messages")
 def reply(conversation_id: int):
-    """Send a reply: 201 with the pane; a retry with the same idempotency key (form field
-    or Idempotency-Key header) stores nothing and answers 200 with the same pane."""
+    """Send a reply, or with private=1 (the pane's "Private note" switch) store a note: 201 with
+    the pane; a retry with the same idempotency key (form field or Idempotency-Key header) stores
+    nothing and answers 200 with the same pane."""
     body = request.form.get("body", "")
     key = request.form.get("idempotency_key", request.headers.get("Idempotency-Key"))
+    private = request.form.get("private", "") not in ("", "0")  # anything else: a note, never sent
     sent = {}
 
     def action():
-        sent["created"] = domain.send_reply(conversation_id, current_user, body, key).created
+        sent["it"] = domain.send_message(conversation_id, current_user, body, key, private)
 
-    response = make_response(_answer_action(conversation_id, action))
-    if sent.get("created") and response.status_code == 200:
+    response = make_response(_answer_action(conversation_id, action, notice=lambda: _not_told(sent.get("it"))))
+    if "it" in sent and sent["it"].created and response.status_code == 200:
         response.status_code = 201
     return response
+
+
+def _not_told(sent) -> str | None:
+    """What the pane says of a note's mentions of agents who may not see the conversation."""
+    if sent is None or not sent.not_notified:
+        return None
+    return f"Not told of this note (they cannot see this conversation): {', '.join(sent.not_notified)}."
+
+
+@bp.get("/inbox/mentions")
+def mentions():
+    """The topbar's mentions of the signed-in agent (fragment)."""
+    return fragments.serve(MENTIONS, {})
+
+
+@bp.post("/inbox/mentions/seen")
+def mentions_seen():
+    """"Mark all read": every mention of this agent is seen; answers with the refreshed fragment
+    (or, without htmx, goes back to the page it was pressed on)."""
+    domain.mark_mentions_seen(current_user)
+    if is_fragment_request():
+        return render_template(MENTIONS.template, **fragments.context(MENTIONS, current_user, {}))
+    target = request.referrer if request.referrer and request.referrer.startswith(request.host_url) else None
+    return redirect(target or url_for("inbox.index"))
+
+
+@bp.app_context_processor
+def topbar_mentions():
+    """base.html's topbar shows the signed-in agent's mentions: read only when a page renders it."""
+    def read() -> dict | None:
+        if not current_user.is_authenticated:
+            return None
+        try:
+            return fragments.context(MENTIONS, current_user, {})
+        except (OperationalError, InterfaceError):
+            # The database is away (this may be its 503 page): the page goes without them.
+            try:
+                db.session.rollback()
+            except Exception:  # noqa: BLE001 - the connection is gone; the pool replaces it
+                pass
+            return None
+
+    return {"topbar_mentions": read}
 
 
 @bp.post("/conversations/<int:conversation_id>/messages/<int:message_id>/retry")
@@ -167,3 +218,16 @@ def transfer(conversation_id: int):
         lambda: domain.transfer_conversation(conversation_id, current_user, to_user, to_department),
         done="Conversation transferred.",
     )
+
+
+@bp.post("/conversations/<int:conversation_id>/labels")
+def add_label(conversation_id: int):
+    return _answer_action(conversation_id, lambda: domain.add_label(conversation_id, current_user, request.form.get("label")),
+                          done="Label added.")
+
+
+@bp.post("/conversations/<int:conversation_id>/labels/remove")
+def remove_label(conversation_id: int):
+    return _answer_action(conversation_id,
+                          lambda: domain.remove_label(conversation_id, current_user, request.form.get("label")),
+                          done="Label removed.")

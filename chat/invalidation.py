@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 from sqlalchemy import event, inspect, select
 from sqlalchemy.orm import Session
 
-from . import push, visibility
+from . import push, search, visibility
 from .cache import smart_cache
 from .visibility import AGENTS, DIRECTORY, LABELS
 
@@ -49,6 +49,11 @@ class Rule:
     # (table, column): a change of this row is a change of the row of `table` its `column` names
     # (a conversation's label is the conversation's): that row's rule applies to it, as it is now.
     counts_as_parent: tuple[str, str] | None = None
+    # When a row is inserted or deleted (never when it is updated): the tags the rooms_of_parent
+    # row's own rule computes, each under this scope ("<scope>:<tag>"), heard by the rooms that
+    # hear the tag itself. What depends on which rows exist (search lists: a new note touches no
+    # conversation), not on their columns (a message's delivery state).
+    parent_tag_scope: str | None = None
 
 
 # The one place that says what depends on what. A new fragment adds a line here; who may see
@@ -60,7 +65,7 @@ INVALIDATION_MAP: dict[str, Rule] = {
         rooms_of=visibility.conversation_rooms,
     ),
     "messages": Rule(prefixes=("conversation:{conversation_id}:messages",),
-                     rooms_of_parent=("conversations", "conversation_id")),
+                     rooms_of_parent=("conversations", "conversation_id"), parent_tag_scope=search.TAG_SCOPE),
     "contacts": Rule(prefixes=("contacts",), tags_on_update=(DIRECTORY,), rooms=(AGENTS,)),
     "departments": Rule(prefixes=("departments",), tags=(DIRECTORY,), rooms=(AGENTS,)),
     "users": Rule(prefixes=("user:{id}", "token", "agents"), tags=(DIRECTORY,), rooms=(AGENTS,),
@@ -123,27 +128,36 @@ def stale_after(changes: Iterable[Change], parents: Callable[[str, set], dict] |
                     values = {k: ("none" if v is None else v) for k, v in row.items()}
                     stale.prefixes.update(_format_each(rule.session_prefixes, values))
                     continue
-            _add_row(stale, rule, row, templates, parent_rows)
+            _add_row(stale, rule, row, templates, parent_rows, added_or_removed=change.kind != "update")
     return stale
 
 
 def _add_row(stale: StaleAfterCommit, rule: Rule, row: dict, templates: tuple[str, ...],
-             parent_rows: dict[tuple[str, object], dict]) -> None:
-    """What one row snapshot makes stale under `rule` (tags from `templates`), and who hears it."""
+             parent_rows: dict[tuple[str, object], dict], added_or_removed: bool = False) -> None:
+    """What one row snapshot makes stale under `rule` (tags from `templates`), and who hears it
+    (added_or_removed: the row was inserted or deleted, for parent_tag_scope)."""
     values = {k: ("none" if v is None else v) for k, v in row.items()}
     prefixes = _format_each(rule.prefixes, values)
     tags = _format_each(templates, values) + (list(rule.tags_of(row)) if rule.tags_of else [])
     stale.prefixes.update(prefixes)
     stale.tags.update(tags)
     rooms = _format_each(rule.rooms, values) + (list(rule.rooms_of(row)) if rule.rooms_of else [])
+    scoped: list[tuple[str, str]] = []  # (tag, the tag a room must hear to hear it)
     if rule.rooms_of_parent:
         table, column = rule.rooms_of_parent
         parent = parent_rows.get((table, row.get(column)))
         parent_rule = INVALIDATION_MAP[table]
         if parent is not None and parent_rule.rooms_of:
             rooms += list(parent_rule.rooms_of(parent))
+        if parent is not None and rule.parent_tag_scope and added_or_removed:
+            parent_values = {k: ("none" if v is None else v) for k, v in parent.items()}
+            parent_tags = _format_each(parent_rule.tags, parent_values) + (
+                list(parent_rule.tags_of(parent)) if parent_rule.tags_of else [])
+            scoped = [(f"{rule.parent_tag_scope}:{t}", t) for t in parent_tags]
+            stale.tags.update(t for t, _ in scoped)
     for room in rooms:
-        stale.rooms.setdefault(room, set()).update(prefixes + [t for t in tags if visibility.hears(room, t)])
+        stale.rooms.setdefault(room, set()).update(prefixes + [t for t in tags if visibility.hears(room, t)]
+                                                   + [t for t, heard in scoped if visibility.hears(room, heard)])
 
 
 def _parent_rows(changes: list[Change], parents: Callable[[str, set], dict] | None) -> dict[tuple[str, object], dict]:

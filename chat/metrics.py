@@ -26,7 +26,7 @@ CACHE_ERRORS = Counter("chat_cache_errors_total", "Cache backend failures served
 SQL_QUERIES = Counter("chat_sql_queries_total", "SQL statements sent to the database")
 FETCH_SECONDS = Histogram("chat_cache_fetch_seconds", "Time to fetch a missed entry", ["family"],
                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
-# The Redis circuit breaker (chat.cache.CircuitBreaker): 0 closed, 1 half-open (probing), 2 open.
+# The Redis circuit breaker (chat.redis_guard.CircuitBreaker): 0 closed, 1 half-open (probing), 2 open.
 REDIS_BREAKER_STATE = Gauge("chat_redis_breaker_state", "Redis circuit breaker: 0 closed, 1 half-open, 2 open",
                             multiprocess_mode="livemax")
 REDIS_BREAKER_OPENS = Counter("chat_redis_breaker_opens_total", "Times a Redis circuit breaker opened")

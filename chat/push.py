@@ -4,8 +4,9 @@ A browser's Socket.IO connection is accepted only from a signed-in session, and 
 (never the client) puts it in the rooms it is entitled to: its agent, its departments, every
 agent's room, and admins. After a commit, invalidation.py tells `publish` which keys went
 stale for which room; each socket gets one `data:updated` event naming the keys of the rooms it
-is in (OneEventPerSocket). The event is only a hint (Socket.IO delivers at most once): browsers
-revalidate on reconnect.
+is in (OneEventPerSocket), and how many sockets of this process heard them (`audience`: the
+browsers spread their refetches over a window that grows with it). The event is only a hint
+(Socket.IO delivers at most once): browsers revalidate on reconnect.
 
 With REDIS_URL set, Redis is the message queue, so an event raised in any process (a web
 worker, the inbound webhook, a CLI command) reaches browsers connected to any other. On a
@@ -26,6 +27,7 @@ import os
 import queue as queues
 import sys
 import threading
+from collections import Counter
 from typing import Callable, Iterable
 
 import redis
@@ -35,9 +37,8 @@ from flask_login import current_user
 from flask_socketio import ConnectionRefusedError, SocketIO, join_room
 from flask_socketio import rooms as joined_rooms
 
-from .cache import redis_client
 from .config import CLUSTER_SCHEME, is_cluster_url, parse_redis_cluster_url
-
+from .redis_guard import redis_client
 from .visibility import rooms_for
 
 log = logging.getLogger("chat.push")
@@ -70,9 +71,13 @@ class OneEventPerSocket:
         audiences: dict[tuple[str, ...], list[str]] = {}
         for sid, keys in keys_of.items():
             audiences.setdefault(tuple(sorted(keys)), []).append(sid)
+        told = Counter(key for keys in keys_of.values() for key in keys)  # sockets told of each key
         for keys, sids in sorted(audiences.items()):
-            # This process's sockets only (every process runs fan_out on the same bundle).
-            python_socketio.Manager.emit(self, EVENT, {"keys": list(keys)}, namespace, to=sids)
+            # This process's sockets only (every process runs fan_out on the same bundle). The
+            # audience, how many sockets here were told of its most widely heard key, sizes the
+            # browsers' spread: a few refetch at once, a crowd spreads its refetches out.
+            event = {"keys": list(keys), "audience": max(told[key] for key in keys)}
+            python_socketio.Manager.emit(self, EVENT, event, namespace, to=sids)
 
     @staticmethod
     def is_bundle(room) -> bool:

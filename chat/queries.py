@@ -8,12 +8,14 @@ from __future__ import annotations
 from datetime import datetime
 
 from flask import current_app
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import and_, case, exists, func, or_, select
 from sqlalchemy.sql import ColumnElement
 
+from . import search
 from .domain import CONTROL_CHARACTERS
 from .extensions import db
-from .models import ACTIVE, CLOSED, NONE, PENDING, Contact, Conversation, Department, Message, User, Viewer
+from .models import (ACTIVE, CLOSED, NONE, PENDING, Contact, Conversation, ConversationLabel, Department, Mention, Message,
+                     Tag, User, Viewer)
 from .visibility import TABS, tab_filter, tabs_listing, visible_to
 
 
@@ -21,7 +23,27 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") + "Z" if value else None
 
 
-def conversation_summary(c: Conversation) -> dict:
+def labels_of(conversation_ids: list[int]) -> dict[int, list[dict]]:
+    """conversation id -> its labels ({name, color}, by name), in one query."""
+    found: dict[int, list[dict]] = {i: [] for i in conversation_ids}
+    if conversation_ids:
+        for conversation_id, name, color in db.session.execute(
+            select(ConversationLabel.conversation_id, Tag.name, Tag.color)
+            .join(Tag, Tag.id == ConversationLabel.tag_id)
+            .where(ConversationLabel.conversation_id.in_(conversation_ids))
+            .order_by(Tag.name)
+        ):
+            found[conversation_id].append({"name": name, "color": color})
+    return found
+
+
+def has_label(tag_id: int) -> ColumnElement[bool]:
+    """The conversation carries that tag as a label."""
+    return exists().where(ConversationLabel.conversation_id == Conversation.id, ConversationLabel.tag_id == tag_id)
+
+
+def conversation_summary(c: Conversation, labels: list[dict] | None = None) -> dict:
+    """What lists, panes and the API show of a conversation (labels: when the caller has read them)."""
     return {
         "id": c.id,
         "status": c.status,
@@ -42,6 +64,7 @@ def conversation_summary(c: Conversation) -> dict:
         # The delivery state of the newest message when it is a reply (None when the contact's).
         "last_message_state": c.last_message_state,
         "unread_count": c.unread_count,
+        "labels": labels_of([c.id])[c.id] if labels is None else labels,
     }
 
 
@@ -90,9 +113,12 @@ def list_conversations(
     q: str = "",
     cursor: str | None = None,
     pages: int = 1,
+    label_id: int | None = None,
 ) -> dict:
     """`pages` pages of the viewer's conversations in a tab, newest first, with the next cursor
-    (a list refreshed after the agent scrolled refetches every page loaded, not just the first)."""
+    (a list refreshed after the agent scrolled refetches every page loaded, not just the first).
+    A search `q` finds the contact's name or phone and what was written (chat/search.py); each
+    item found then carries a `snippet`: HTML of its newest matching message, or None."""
     size = current_app.config["PAGE_SIZE"] * pages
     stmt = (
         select(Conversation)
@@ -102,9 +128,11 @@ def list_conversations(
     )
     if department_id is not None:
         stmt = stmt.where(Conversation.department_id == department_id)
+    if label_id is not None:
+        stmt = stmt.where(has_label(label_id))
     q = (q or "").strip()
     if q:
-        stmt = stmt.join(Conversation.contact).where(contact_matches(q))
+        stmt = stmt.join(Conversation.contact).where(or_(contact_matches(q), *search.conversation_matches(q)))
     after = decode_cursor(cursor)
     if after:
         stamp, ident = after
@@ -115,20 +143,42 @@ def list_conversations(
             )
         )
     rows = db.session.scalars(stmt).unique().all()
-    items = [conversation_summary(c) for c in rows[:size]]
+    labels = labels_of([c.id for c in rows[:size]])
+    items = [conversation_summary(c, labels[c.id]) for c in rows[:size]]
+    if q:
+        found = search.snippets(q, [c["id"] for c in items])
+        items = [{**c, "snippet": found.get(c["id"])} for c in items]
     next_cursor = encode_cursor(rows[size - 1]) if len(rows) > size else None
     return {"items": items, "next_cursor": next_cursor}
 
 
-def message_dict(m: Message) -> dict:
-    return {
+def message_dict(m: Message, mentions: list[dict] | None = None) -> dict:
+    """A message as the thread and the API show it. A private note (agents only, never sent) also
+    names the agents it told (`mentions`: when the caller has read them, else read here)."""
+    found = {
         "id": m.id,
         "body": m.body,
         "from_me": m.from_me,
+        "private": bool(m.private),
         "sender": m.sender.name if m.sender else None,
         "created_at": _iso(m.created_at),
         "delivery": delivery_dict(m),
     }
+    if m.private:
+        found["mentions"] = mentions if mentions is not None else mentions_of([m.id])[m.id]
+    return found
+
+
+def mentions_of(message_ids: list[int]) -> dict[int, list[dict]]:
+    """message id -> the agents its note mentioned ({id, name}, by name), in one query."""
+    found: dict[int, list[dict]] = {i: [] for i in message_ids}
+    if message_ids:
+        for message_id, user_id, name in db.session.execute(
+            select(Mention.message_id, User.id, User.name).join(User, User.id == Mention.user_id)
+            .where(Mention.message_id.in_(message_ids)).order_by(User.name)
+        ):
+            found[message_id].append({"id": user_id, "name": name})
+    return found
 
 
 def delivery_dict(m: Message) -> dict:
@@ -153,9 +203,39 @@ def conversation_messages(conversation_id: int, before: int | None = None, since
     if since is not None and page and not older:
         older = db.session.scalar(select(Message.id).where(Message.conversation_id == conversation_id,
                                                            Message.id < page[0].id).limit(1)) is not None
+    notes = mentions_of([m.id for m in page if m.private])
     return {
-        "items": [message_dict(m) for m in page],
+        "items": [message_dict(m, notes.get(m.id)) for m in page],
         "older_cursor": page[0].id if older and page else None,
+    }
+
+
+MENTIONS_SHOWN = 10  # the newest mentions the topbar lists
+
+
+def mentions(viewer: Viewer) -> dict:
+    """The agent's mentions in notes on conversations they may see now: how many are unseen, and
+    the newest few (who wrote what, on whose conversation, when)."""
+    visible = visible_to(viewer)
+    unseen = db.session.scalar(
+        select(func.count()).select_from(Mention).join(Conversation, Conversation.id == Mention.conversation_id)
+        .where(Mention.user_id == viewer.id, Mention.seen.is_(False), visible))
+    rows = db.session.execute(
+        select(Mention.id, Mention.conversation_id, Mention.seen, Mention.created_at, Message.body,
+               Contact.name.label("contact"), User.name.label("author"))
+        .select_from(Mention)
+        .join(Message, Message.id == Mention.message_id)
+        .join(Conversation, Conversation.id == Mention.conversation_id)
+        .join(Contact, Contact.id == Conversation.contact_id)
+        .outerjoin(User, User.id == Mention.author_id)
+        .where(Mention.user_id == viewer.id, visible)
+        .order_by(Mention.id.desc())
+        .limit(MENTIONS_SHOWN)
+    ).all()
+    return {
+        "unseen": unseen or 0,
+        "items": [{"id": r.id, "conversation_id": r.conversation_id, "seen": r.seen, "created_at": _iso(r.created_at),
+                   "body": r.body[:200], "contact": r.contact, "author": r.author} for r in rows],
     }
 
 
@@ -215,7 +295,25 @@ def dashboard(viewer: Viewer) -> dict:
             .order_by(Department.name)
         )
     ]
-    return {"by_status": by_status, "by_agent": by_agent, "by_department": by_department}
+    by_label = [
+        {"name": name, "color": color, "pending": p or 0, "active": a or 0, "closed": c or 0}
+        for name, color, p, a, c in db.session.execute(
+            select(
+                Tag.name,
+                Tag.color,
+                func.sum(case((Conversation.status == PENDING, 1), else_=0)),
+                func.sum(case((Conversation.status == ACTIVE, 1), else_=0)),
+                func.sum(case((Conversation.status == CLOSED, 1), else_=0)),
+            )
+            .select_from(ConversationLabel)
+            .join(Tag, Tag.id == ConversationLabel.tag_id)
+            .join(Conversation, Conversation.id == ConversationLabel.conversation_id)
+            .where(visible)
+            .group_by(Tag.name, Tag.color)
+            .order_by(Tag.name)
+        )
+    ]
+    return {"by_status": by_status, "by_agent": by_agent, "by_department": by_department, "by_label": by_label}
 
 
 def list_contacts(q: str = "", page: int = 1) -> dict:

@@ -12,6 +12,7 @@ from typing import Callable
 from sqlalchemy import func, insert, select
 from werkzeug.security import generate_password_hash
 
+from . import search
 from .extensions import db
 from .models import (
     ACTIVE,
@@ -139,7 +140,8 @@ def seed(
         for cid, (owner, thread) in zip(conversation_ids, bodies)
         for body, from_me, stamp in thread
     ]
-    _insert(Message, message_rows, progress)
+    with search.bulk_insert(db.session.connection()):  # indexed for search at once, not row by row
+        _insert(Message, message_rows, progress)
     db.session.commit()
     return {"contacts": len(contact_rows), "conversations": len(conversation_rows),
             "messages": len(message_rows), "agents": len(users)}

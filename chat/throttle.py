@@ -24,7 +24,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import HTTPException
 
-from .cache import cluster_options, redis_options
+from .redis_guard import cluster_options, redis_options
 from .config import is_cluster_url
 
 ACCOUNT, ADDRESS, API_TOKEN, WEBHOOK_TOKEN = "account", "address", "api-token", "webhook-token"
@@ -36,7 +36,7 @@ def init_app(app: Flask) -> None:
     redis_url = config.get("REDIS_URL")
     config.setdefault("RATELIMIT_STORAGE_URI", redis_url or "memory://")
     if redis_url:
-        # Short timeouts, no retries and the circuit breaker (chat.cache.redis_options): a frozen
+        # Short timeouts, no retries and the circuit breaker (chat.redis_guard.redis_options): a frozen
         # Redis costs one sign-in at most one timeout; while its breaker is open every call
         # fails at once and Flask-Limiter counts in memory, asking Redis again now and then.
         # On a cluster, limits builds redis-py's RedisCluster itself: each node's connection asks

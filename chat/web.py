@@ -13,6 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import metrics
 from .errors import DomainError
 from .models import DEFAULT_COLOR, DELIVERY_WORDS, ROLES
+from .responses import json_error
 from .visibility import TABS
 
 
@@ -63,8 +64,6 @@ def init_app(app: Flask) -> None:
     def http_error(error: HTTPException):
         # Routing errors never reach a blueprint's handlers; keep the API's answers JSON.
         if wants_json():
-            from .api import json_error
-
             if error.code == 413:
                 limit = current_app.config["MAX_CONTENT_LENGTH"]
                 return json_error(f"request body must be at most {limit} bytes", 413)
@@ -141,8 +140,6 @@ def _production_settings(app: Flask) -> None:
 
 def _error_page(status: int, title: str, message: str):
     if wants_json():
-        from .api import json_error
-
         return json_error(message, status)
     template = "_error.html" if is_fragment_request() else "error.html"
     return render_template(template, status=status, title=title, message=message), status

@@ -12,6 +12,7 @@ from . import catalog, delivery, domain
 from .channels import Inbound, adapter_for
 from .channels.whatsapp import phone_number_ids
 from .errors import DomainError
+from .responses import json_error
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 log = logging.getLogger(__name__)
@@ -35,26 +36,37 @@ def whatsapp_notify():
     # Meta batches up to 1,000 updates in one notification: more than the app's 256 KiB limit.
     request.max_content_length = current_app.config["WHATSAPP_MAX_NOTIFICATION_BYTES"]
     raw = request.get_data(cache=True)  # the raw bytes, before anything parses them
-    signed = [(c, a) for c in catalog.whatsapp_channels()
-              for a in [adapter_for(c.kind, c.settings)] if a.verify(raw, request.headers)]
+    signed = _signed_by(raw)
     if not signed:
-        return _error("signature does not match", 401)
+        return json_error("signature does not match", 401)
+    payload = _json_object(raw)
+    if payload is None:
+        return json_error("request body must be a JSON object", 400)
+    # Signed, but about no phone number (template, quality or account updates): nothing to
+    # store; a 401 would have Meta retry it for days.
+    owner = next(((c, a) for c, a in signed if a.owns(payload)), None) if phone_number_ids(payload) else ()
+    if owner is None:  # signed by our app, so not a guess: 403, which the throttle does not count
+        return json_error("no channel has this phone number id", 403)
+    return jsonify({"data": _store(*owner, payload) if owner else {"messages": 0, "statuses": 0, "skipped": 0}})
+
+
+def _signed_by(raw: bytes) -> list:
+    """(channel, adapter) of every WhatsApp channel whose app secret signed these bytes."""
+    return [(c, a) for c in catalog.whatsapp_channels()
+            for a in [adapter_for(c.kind, c.settings)] if a.verify(raw, request.headers)]
+
+
+def _json_object(raw: bytes) -> dict | None:
     try:
         payload = json.loads(raw)
     except (ValueError, RecursionError):
-        return _error("request body must be a JSON object", 400)
-    if not isinstance(payload, dict):
-        return _error("request body must be a JSON object", 400)
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _store(channel, adapter, payload: dict) -> dict:
+    """Each message and status of a notification, item by item: how many of each, and skipped."""
     counts = {"messages": 0, "statuses": 0, "skipped": 0}
-    if not phone_number_ids(payload):
-        # Signed, but about no phone number (template, quality or account updates): nothing
-        # to store; a 401 would have Meta retry it for days.
-        return jsonify({"data": counts})
-    owner = next(((c, a) for c, a in signed if a.owns(payload)), None)
-    if owner is None:
-        # Signed by our app, so not a guess: 403, which the throttle does not count (chat/throttle.py).
-        return _error("no channel has this phone number id", 403)
-    channel, adapter = owner
     for item in adapter.parse(payload):
         try:
             if isinstance(item, Inbound):
@@ -68,8 +80,4 @@ def whatsapp_notify():
             # One unusable item must not make Meta retry the whole notification for days.
             log.warning("WhatsApp notification item skipped: %s", exc.message)
             counts["skipped"] += 1
-    return jsonify({"data": counts})
-
-
-def _error(message: str, status: int):
-    return jsonify({"error": message}), status
+    return counts

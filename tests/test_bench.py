@@ -37,7 +37,8 @@ def test_make_bench_quick():
     report = json.loads(out.read_text())
     assert report["errors"] == {}
     m = report["measurements"]
-    assert set(m) == {"throughput", "queries", "invalidation", "stampede", "push", "browser", "faults", "delivery"}
+    assert set(m) == {"throughput", "queries", "invalidation", "stampede", "push", "browser", "faults", "delivery",
+                      "search"}
     for measurement in m:
         assert (results / f"{NAME}-{measurement}.png").stat().st_size > 1000
     assert report["machine"]["cores"] and report["data"]["rows"]["conversations"] == 300
@@ -91,6 +92,15 @@ def test_make_bench_quick():
         assert request[name]["requests"] > 0 and request[name]["p50_ms"] <= request[name]["p99_ms"]
     assert request["none"]["states"] == {"none": request["none"]["requests"]}  # no outbox row without a channel
     assert request["outbox_only"]["states"] == {"queued": request["outbox_only"]["requests"]}
+
+    search = m["search"]  # message search over the seeded messages, cold and cached, on both databases
+    assert set(search["databases"]) == {"sqlite", "postgresql"}
+    for r in search["databases"].values():
+        assert r["messages"] == 3000 and r["requests_per_mode"] > 0
+        for mode in ("cold", "cached"):
+            assert 0 < r[mode]["p50_ms"] <= r[mode]["p99_ms"]
+        assert r["items_found"]["admin@example.com order"] > 0 and r["items_found"]["admin@example.com zebra"] == 0
+    assert search["databases"]["sqlite"]["items_found"] == search["databases"]["postgresql"]["items_found"]
 
     for leftover in (results / f"{NAME}.json", *results.glob(f"{NAME}-*.png")):
         leftover.unlink()

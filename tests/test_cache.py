@@ -221,7 +221,8 @@ def test_single_flight_threads(backend):
 PROCESS_READER = textwrap.dedent("""
     import sys, time
     from flask import Flask
-    from chat.cache import SmartCache, redis_client
+    from chat.cache import SmartCache
+    from chat.redis_guard import redis_client
     url, prefix, counter, start_at = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
     app = Flask("reader"); app.config.update(REDIS_URL=url, CACHE_KEY_PREFIX=prefix)
     cache = SmartCache(); cache.init_app(app)

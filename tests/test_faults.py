@@ -1,6 +1,6 @@
 """Redis misbehaving never stalls a request for long (DESIGN.md, "Runs on one machine, scales on
 real engines"; issue 12, item 1): a private redis-server frozen with SIGSTOP, killed, restarted
-empty. The circuit breaker (chat.cache.CircuitBreaker) opens after a timeout, later calls skip
+empty. The circuit breaker (chat.redis_guard.CircuitBreaker) opens after a timeout, later calls skip
 Redis at once, one call probes after the interval, and after recovery nothing stale is served.
 
   breaker opens, calls skip Redis ....... test_frozen_redis_opens_the_breaker_and_reads_skip_it
@@ -25,7 +25,8 @@ import time
 import pytest
 from flask import Flask
 
-from chat.cache import CircuitBreaker, SmartCache, redis_client
+from chat.cache import SmartCache
+from chat.redis_guard import CircuitBreaker, redis_client
 from tests.conftest import unavailable
 
 

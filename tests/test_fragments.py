@@ -33,6 +33,8 @@ EXAMPLES = {
                  lambda w: domain.send_reply(w.active_ana, _user("ana@example.com"), "another reply")),
     "dashboard": ("admin@example.com", lambda w: {},
                   lambda w: domain.close_conversation(w.active_bruno, _user("bruno@example.com"))),
+    "mentions": ("bruno@example.com", lambda w: {},
+                 lambda w: domain.write_note(w.pending_support, _user("ana@example.com"), "@Bruno a look?")),
 }
 
 
@@ -90,7 +92,8 @@ def test_every_tag_a_viewer_shows_is_heard_in_one_of_its_rooms(app, world, email
     """A fragment whose tag no room of its viewer hears would never refresh live."""
     args = {"list": fragments.list_args("pending"), "counts": fragments.list_args(),
             "pane": {"conversation_id": world.pending_nodept},
-            "messages": {"conversation_id": world.pending_nodept, "before": None}, "dashboard": {}}
+            "messages": {"conversation_id": world.pending_nodept, "before": None}, "dashboard": {},
+            "mentions": {}}
     for tab in visibility.TABS:
         for name, fragment in fragments.FRAGMENTS.items():
             viewer, meta = _meta(app, email, fragment, {**args[name], "tab": tab} if name == "list" else args[name])

@@ -193,3 +193,30 @@ def test_graceful_stop_closes_websockets_within_two_seconds(tmp_path):
         assert elapsed < 2, elapsed
     finally:
         server.cleanup()
+
+
+def test_each_event_says_how_many_sockets_heard_its_keys(app, world, login):
+    """`audience`: the sockets of this process told of the event's most widely heard key. The
+    browsers refetch at once when it is small and spread their refetches when it is a crowd."""
+    ana, ana_again, bruno, admin, carla = (connect(app, login(f"{n}@example.com"))
+                                           for n in ("ana", "ana", "bruno", "admin", "carla"))
+    for client in (ana, ana_again, bruno, admin, carla):
+        client.get_received()
+    with app.app_context():
+        domain.send_reply(world.active_ana, user("ana@example.com"), "told to few")
+
+    def received(client):
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline:
+            found = [e["args"][0] for e in client.get_received() if e["name"] == "data:updated"]
+            if found:
+                return found
+            time.sleep(0.02)
+        return []
+
+    # Ana's two tabs and the admin may see her conversation: 3 sockets heard its key.
+    for client in (ana, ana_again, admin):
+        (event,) = received(client)
+        assert f"conversation:{world.active_ana}" in event["keys"]
+        assert event["audience"] == 3, event
+    assert received(bruno) == [] and received(carla) == []

@@ -89,6 +89,10 @@ def run_migrations_online():
     conf_args = current_app.extensions['migrate'].configure_args
     if conf_args.get("process_revision_directives") is None:
         conf_args["process_revision_directives"] = process_revision_directives
+    # The search index's tables, column and index are chat/search.py's, not the models': never
+    # propose to drop them.
+    from chat import search
+    conf_args.setdefault("include_name", search.include_name)
 
     connectable = get_engine()
 

@@ -1,7 +1,8 @@
 // Live: push, honest online/offline, and one identity across tabs.
 //
-// - Socket.IO `data:updated` {keys} names stale keys, prefixes and tags: matching fragments are
-//   refreshed, coalesced and jittered so a change seen by many browsers is one database fetch.
+// - Socket.IO `data:updated` {keys, audience} names stale keys, prefixes and tags: matching
+//   fragments are refreshed, coalesced; at once when few browsers heard it, spread out when a
+//   crowd did (the cache makes it one database fetch either way).
 //   Push is only a hint: on reconnect and when the tab shows again, every fragment revalidates.
 // - "Offline" is a fact: a lost socket or a failed request only makes the client ask the
 //   server (GET /session). Unreachable: the banner says since when, actions that need the
@@ -17,7 +18,11 @@
   var PROBE_EVERY_MS = 1000, PROBE_TIMEOUT_MS = 1500, RETRY_MAX_MS = 30000;
 
   // -- push ----------------------------------------------------------------------------------
-  var pending = new Set(), timer = null;
+  // A change few browsers see is refetched at once; one a crowd sees (the server says how
+  // many sockets heard it) is spread over up to SPREAD_MAX_MS, about a millisecond per
+  // browser, so a thousand of them do not ask in the same instant.
+  var FEW = 10, SPREAD_MAX_MS = 800;
+  var pending = new Set(), timer = null, due = Infinity;
 
   function matches(el, keys) {
     var key = el.dataset.cacheKey, tags = (el.dataset.cacheTags || "").split(" ");
@@ -26,20 +31,30 @@
     });
   }
 
-  function schedule(elements) {
+  function spread(audience) {
+    return audience > FEW ? Math.random() * Math.min(SPREAD_MAX_MS, audience) : 0;
+  }
+
+  // Refresh `elements` in `delay` ms, with whatever else is waiting then (what arrives close
+  // together is one refresh of the outermost fragments).
+  function schedule(elements, delay) {
     elements.forEach(function (el) { pending.add(el); });
-    if (timer) { return; }
-    // Coalesce what arrives close together, then wait a random moment so many browsers
-    // told at once do not ask at once.
+    var at = Date.now() + delay;
+    if (timer && due <= at) { return; }
+    clearTimeout(timer);
+    due = at;
     timer = setTimeout(function () {
       var batch = fragments.outermost(Array.from(pending));
       pending.clear();
       timer = null;
+      due = Infinity;
       batch.forEach(fragments.refresh);
-    }, 50 + Math.random() * 150);
+    }, delay);
   }
 
-  function revalidateAll() { schedule(fragments.all()); }
+  // Every fragment (a reconnect, the tab shown again): everyone reconnecting after a restart
+  // does this at once, so it is always spread a little.
+  function revalidateAll() { schedule(fragments.all(), 50 + Math.random() * 150); }
 
   // -- identity --------------------------------------------------------------------------------
   var channel = window.BroadcastChannel ? new BroadcastChannel("inbox") : null;
@@ -217,7 +232,8 @@
   if (socket) {
     socket.on("data:updated", function (data) {
       var keys = (data && data.keys) || [];
-      schedule(fragments.all().filter(function (el) { return matches(el, keys); }));
+      var stale = fragments.all().filter(function (el) { return matches(el, keys); });
+      if (stale.length) { schedule(stale, spread(Number(data.audience) || 0)); }
     });
     socket.on("session:ended", signedOut);
     var connectedBefore = false;

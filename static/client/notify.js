@@ -1,5 +1,8 @@
 // New work is noticed: the pending count in the title, a glow on rows that arrive live,
-// and a desktop notification when the agent may not be looking.
+// and a desktop notification when the agent may not be looking. A mention in a private note
+// that arrives live (the topbar's #mentions refreshed by a push) shows a toast in the page, and
+// a desktop notification when allowed and the agent looks elsewhere: only a mention this page
+// never showed before, never one that was there when it loaded.
 (function () {
   "use strict";
   var known = null;  // conversation ids already shown in the list; null until first paint
@@ -81,7 +84,7 @@
     button.type = "button";
     button.className = "link notify-me";
     button.textContent = "Notify me";
-    button.title = "Desktop notifications for new conversations";
+    button.title = "Desktop notifications for new conversations and mentions";
     button.addEventListener("click", function () {
       Notification.requestPermission().then(function (answer) {
         if (answer !== "default") button.remove();
@@ -90,4 +93,88 @@
     place.prepend(button);
   }
   document.addEventListener("DOMContentLoaded", offerNotifications);
+
+  // -- mentions in private notes --------------------------------------------------------------
+  var knownMentions = new Set();  // every mention id this page has shown
+
+  function mentionItems() { return document.querySelectorAll("#mentions [data-mention-id]"); }
+
+  function rememberMentions() {
+    mentionItems().forEach(function (item) { knownMentions.add(item.dataset.mentionId); });
+  }
+
+  function toasts() {
+    var box = document.getElementById("toasts");
+    if (!box) {
+      box = document.createElement("div");
+      box.id = "toasts";
+      box.className = "toasts";
+      box.setAttribute("role", "status");  // read out by screen readers as it appears
+      document.body.append(box);
+    }
+    return box;
+  }
+
+  function text(item, selector) {
+    var el = item.querySelector(selector);
+    return el ? el.textContent.trim().replace(/\s+/g, " ") : "";
+  }
+
+  function announceMention(item) {
+    var link = item.querySelector("a"), href = link ? link.getAttribute("href") : null;
+    var title = (text(item, ".mention-author") || "An agent") + " mentioned you on " + (text(item, ".mention-contact") || "a conversation");
+    var body = text(item, ".mention-body");
+    var toast = document.createElement("div");
+    toast.className = "toast";
+    toast.dataset.mentionId = item.dataset.mentionId;
+    var open = Object.assign(document.createElement("a"), { href: href || "#", textContent: title + (body ? ": " + body : "") });
+    var close = Object.assign(document.createElement("button"), { type: "button", className: "toast-close", textContent: "\u00d7" });
+    close.setAttribute("aria-label", "Dismiss");
+    close.addEventListener("click", function () { toast.remove(); });
+    toast.append(open, close);
+    toasts().append(toast);
+    setTimeout(function () { toast.remove(); }, 12000);
+    if (!("Notification" in window) || Notification.permission !== "granted") return;
+    if (!document.hidden && document.hasFocus()) return;  // the toast is in front of them
+    try {
+      var note = new Notification(title, { body: body, tag: "mention-" + item.dataset.mentionId });
+      note.onclick = function () { window.focus(); if (href) location.assign(href); };
+    } catch (e) {
+      // Mobile Chrome allows notifications only from a service worker: the toast must do.
+    }
+  }
+
+  function newMentions() {
+    mentionItems().forEach(function (item) {
+      var id = item.dataset.mentionId;
+      if (!knownMentions.has(id) && item.hasAttribute("data-unseen")) announceMention(item);
+    });
+    rememberMentions();
+  }
+
+  // A deferred script runs once the page is parsed: what the topbar shows now is what was there.
+  rememberMentions();
+  document.addEventListener("htmx:afterSwap", newMentions);
+
+  // The list stays open while a refresh redraws it (the server's copy is closed), and Escape or
+  // a click elsewhere closes it.
+  if (window.Idiomorph) {
+    var before = Idiomorph.defaults.callbacks.beforeAttributeUpdated;
+    Idiomorph.defaults.callbacks.beforeAttributeUpdated = function (name, el) {
+      if (name === "open" && el.matches && el.matches("details.mentions-menu")) return false;
+      return before ? before.apply(this, arguments) : undefined;
+    };
+  }
+  document.addEventListener("keydown", function (event) {
+    var menu = event.key === "Escape" && event.target.closest && event.target.closest("details.mentions-menu[open]");
+    if (menu) {
+      menu.open = false;
+      menu.querySelector("summary").focus();
+    }
+  });
+  document.addEventListener("click", function (event) {
+    document.querySelectorAll("details.mentions-menu[open]").forEach(function (menu) {
+      if (!menu.contains(event.target)) menu.open = false;
+    });
+  });
 })();

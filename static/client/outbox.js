@@ -7,6 +7,11 @@
 // returns the same message and the reply exists exactly once. A reply the server refuses
 // meanwhile (the conversation was closed or transferred) stays, with the reason, until the
 // agent copies it back into the reply box or discards it.
+//
+// A private note (the reply box's "Private note" switch on, or the note-only box of a
+// conversation one cannot reply to) waits the same way and stays a note: the flag goes with it.
+// The switch is part of the draft: kept per conversation, put back after a reload, and never
+// turned off by a refresh (a note must never go out as a reply because the pane was redrawn).
 (function (Inbox) {
   "use strict";
   if (!Inbox.store) { return; }
@@ -21,8 +26,15 @@
 
   function replyForm(elt) { return elt && elt.matches && elt.matches("form.reply") ? elt : null; }
 
-  function queue(conversation, text, key) {
-    store.queue({ key: key || newKey(), conversation: conversation, text: text, at: Date.now(), state: "queued" });
+  // Whether the form sends a note: its switch is on, or it only takes notes (a hidden private=1).
+  function isNote(form) {
+    var flag = form.querySelector('[name="private"]');
+    return !!flag && (flag.type === "checkbox" ? flag.checked : flag.value === "1");
+  }
+
+  function queue(conversation, text, key, note) {
+    store.queue({ key: key || newKey(), conversation: conversation, text: text, at: Date.now(), state: "queued",
+                  private: !!note });
     var box = document.querySelector('textarea[data-draft="' + conversation + '"]');
     if (box && box.value === text) { box.value = ""; box.dispatchEvent(new Event("input", { bubbles: true })); }
     store.saveDraft(conversation, box ? box.value : "");
@@ -44,11 +56,11 @@
     var box = form.querySelector("textarea[data-draft]");
     if (document.body.classList.contains("is-offline")) {  // no point trying: straight to the outbox
       e.preventDefault();
-      if (box.value.trim()) { queue(box.dataset.draft, box.value); }
+      if (box.value.trim()) { queue(box.dataset.draft, box.value, null, isNote(form)); }
       return;
     }
     var key = e.detail.requestConfig.parameters.idempotency_key;
-    keys.set(e.detail.xhr, { key: key, conversation: box.dataset.draft, text: box.value });
+    keys.set(e.detail.xhr, { key: key, conversation: box.dataset.draft, text: box.value, note: isNote(form) });
   });
   // No answer: maybe the server never saw it, maybe it committed and the answer was lost.
   // Either way the same key goes out again, so it is stored once.
@@ -56,7 +68,7 @@
     var sent = e.detail.xhr && keys.get(e.detail.xhr);
     if (!sent) { return; }
     e.detail.queuedReply = true;
-    queue(sent.conversation, sent.text, sent.key);
+    queue(sent.conversation, sent.text, sent.key, sent.note);
   });
 
   // -- delivering what waits -------------------------------------------------------------------
@@ -71,6 +83,7 @@
     var form = new FormData();
     form.append("body", reply.text);
     form.append("idempotency_key", reply.key);
+    if (reply.private) { form.append("private", "1"); }
     var token = document.querySelector('meta[name="csrf-token"]').content;
     return fetch("/conversations/" + reply.conversation + "/messages", {
       method: "POST", body: form, credentials: "same-origin",
@@ -107,7 +120,7 @@
   // -- showing what waits, in its conversation ----------------------------------------------------
   function item(reply) {
     var el = document.createElement("div");
-    el.className = "msg out queued" + (reply.state === "refused" ? " refused" : "");
+    el.className = "msg " + (reply.private ? "note" : "out") + " queued" + (reply.state === "refused" ? " refused" : "");
     el.dataset.outboxKey = reply.key;
     var body = Object.assign(document.createElement("p"), { className: "msg-body", textContent: reply.text });
     var meta = Object.assign(document.createElement("span"), { className: "msg-meta" });
@@ -116,6 +129,11 @@
       meta.append(button("Copy to reply box", "copy"), " ", button("Discard", "discard"));
     } else {
       meta.textContent = "Queued \u2014 sends when the server is reachable";
+    }
+    if (reply.private) {
+      el.dataset.private = "";
+      el.append(Object.assign(document.createElement("p"), { className: "note-label",
+                                                              textContent: "Private note \u00b7 only agents see this" }));
     }
     el.append(body, meta);
     return el;
@@ -144,6 +162,11 @@
     if (reply && b.value === "copy") {
       var box = document.querySelector('textarea[data-draft="' + reply.conversation + '"]');
       if (box) { box.value = reply.text + (box.value ? "\n" + box.value : ""); box.focus(); }
+      var toggle = reply.private && document.querySelector('input[data-note-switch="' + reply.conversation + '"]');
+      if (toggle && !toggle.checked) {  // it was a note: it goes back as one
+        toggle.checked = true;
+        toggle.dispatchEvent(new Event("change", { bubbles: true }));
+      }
       else if (navigator.clipboard) { navigator.clipboard.writeText(reply.text).catch(function () {}); }
       if (box) { box.dispatchEvent(new Event("input", { bubbles: true })); }
       if (!box && !navigator.clipboard) { return; }
@@ -152,6 +175,30 @@
     render();
   });
 
+  // -- the note switch, part of the draft ---------------------------------------------------------
+  var NOTE = "note:";  // the store's draft of "note:<conversation>": "on" while the switch is
+
+  function restoreSwitches(root) {
+    (root || document).querySelectorAll("input[data-note-switch]").forEach(function (toggle) {
+      var on = store.draft(NOTE + toggle.dataset.noteSwitch) === "on";
+      if (toggle.checked !== on) { toggle.checked = on; }
+    });
+  }
+  document.addEventListener("change", function (e) {
+    var toggle = e.target.closest && e.target.closest("input[data-note-switch]");
+    if (toggle) { store.saveDraft(NOTE + toggle.dataset.noteSwitch, toggle.checked ? "on" : ""); }
+  });
+  // A refresh morphs the pane with the server's copy, whose switch is off: the agent's stays.
+  if (window.Idiomorph) {
+    var before = Idiomorph.defaults.callbacks.beforeAttributeUpdated;
+    Idiomorph.defaults.callbacks.beforeAttributeUpdated = function (name, el) {
+      if (name === "checked" && el.hasAttribute && el.hasAttribute("data-note-switch")) { return false; }
+      return before ? before.apply(this, arguments) : undefined;
+    };
+  }
+  document.addEventListener("htmx:afterSettle", function () { restoreSwitches(document); });
+  document.addEventListener("inbox:painted", function () { restoreSwitches(document); });
+
   document.addEventListener("htmx:afterSettle", render);
   document.addEventListener("inbox:painted", render);
   document.addEventListener("inbox:online", flush);
@@ -159,8 +206,8 @@
     if (e.key && e.key.indexOf(":outbox:") !== -1) { render(); }
   });
   if (document.readyState === "loading") {
-    document.addEventListener("DOMContentLoaded", function () { render(); flush(); });
-  } else { render(); flush(); }
+    document.addEventListener("DOMContentLoaded", function () { restoreSwitches(document); render(); flush(); });
+  } else { restoreSwitches(document); render(); flush(); }
 
   Inbox.outbox = { count: function () { return store.queued().length; }, flush: flush };
 })(window.Inbox);
