@@ -223,14 +223,15 @@ def _channel_page(channel: Channel, form: dict, error: str | None = None) -> str
 
 @bp.get("/cache")
 def cache():
+    # The numbers are read where the page shows them, after the top bar's own reads above them.
     return _no_store(render_template("admin/cache.html", backend=observability.backend_info(),
-                                     **observability.panel_context()))
+                                     panel_numbers=observability.panel_context))
 
 
 @bp.get("/cache/panel")
 def cache_panel():
     """The numbers and the chart alone: what the page's htmx poll swaps in every two seconds."""
-    return _no_store(render_template("admin/_cache_panel.html", **observability.panel_context()))
+    return _no_store(render_template("admin/_cache_panel.html", panel=observability.panel_context()))
 
 
 def _no_store(body: str) -> Response:

@@ -310,6 +310,7 @@ def test_a_live_update_at_the_top_of_a_long_list_keeps_the_new_row(open_page, se
     rows = page.locator("#conversation-list li.row")
     expect(rows).to_have_count(50)
     expect(page.locator("#conversation-list li.more")).to_have_count(1)
+    connected(page)  # the tab is a new page: its socket, not the first one's, must hear the change
     server.inbound(phone=f"+55118{int(time.time() * 1000) % 10**8:08d}", name="Arrived At The Top",
                    body="hello", external_id=f"top-{time.time()}")
     expect(rows.first.locator(".name")).to_have_text("Arrived At The Top", timeout=LIVE_MS)
