@@ -18,6 +18,8 @@ class Config:
     # Several deployments may share one Redis: keys and Socket.IO events stay apart by these.
     CACHE_KEY_PREFIX = os.environ.get("CACHE_KEY_PREFIX", "chat:")
     SOCKETIO_CHANNEL = os.environ.get("SOCKETIO_CHANNEL", "chat-socketio")
+    if "SOCKETIO_MESSAGE_QUEUE" in os.environ:  # push through another Redis than REDIS_URL's
+        SOCKETIO_MESSAGE_QUEUE = os.environ["SOCKETIO_MESSAGE_QUEUE"] or None
     # Throttling (chat/throttle.py; Flask-Limiter's RATELIMIT_* settings apply as well): sign-in
     # attempts per account, refused sign-ins and refused bearer tokens per client address.
     SIGN_IN_LIMIT_PER_ACCOUNT = os.environ.get("SIGN_IN_LIMIT_PER_ACCOUNT", "5 per minute")

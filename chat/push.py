@@ -51,6 +51,7 @@ REGISTRY = "chat.socket_registry"  # app.extensions key: Redis client of the soc
 REGISTRY_TTL = 7 * 24 * 3600
 PUBLISHER = "chat.publisher"  # app.extensions key: the background Publisher, or None (no message queue)
 PUBLISH_QUEUE_SIZE = 1000  # events waiting for the message queue; more are dropped (push is a hint)
+LISTEN_WAIT_S = 2.0  # how long a new socket waits for this process to hear Redis (push events)
 
 
 BUNDLE = "chat:bundle"  # the "room" of a commit's events: each process fans them out (OneEventPerSocket)
@@ -105,6 +106,34 @@ class QueueManager(OneEventPerSocket, python_socketio.RedisManager):
         super().__init__(url, channel=channel, redis_options=listen)
         self._publisher = redis_client(url)
         self._listen_turn = 0  # on a cluster: which node the listener (re)connects to next
+        # Set once Redis confirmed the listener's subscription; cleared while it reconnects.
+        # Until then a PUBLISH, this process's own included, reaches no socket here.
+        self.listening = threading.Event()
+        self._subscriptions = 0
+
+    def wait_until_listening(self, timeout: float = LISTEN_WAIT_S) -> bool:
+        """Block (this greenlet or thread) until the listener is subscribed, at most `timeout`.
+
+        python-socketio starts the listener at the process's first connection and subscribes
+        from a background task: a socket accepted before that misses the events of commits
+        made right after its page's revalidation, for good. A connection waits for it instead."""
+        return self.listening.wait(timeout)
+
+    def _redis_listen_with_retries(self):
+        for message in super()._redis_listen_with_retries():
+            if message.get("type") == "subscribe":
+                self._subscribed()
+                continue
+            yield message
+
+    def _subscribed(self) -> None:
+        self.listening.set()
+        self._subscriptions += 1
+        if self._subscriptions > 1:
+            # Subscribed again after Redis was lost: what was published meanwhile reached no
+            # socket here, so every socket here revalidates (spread out like any crowd).
+            audience = sum(1 for _ in self.get_participants("/", None))
+            python_socketio.Manager.emit(self, EVENT, {"keys": ["*"], "audience": audience}, "/")
 
     def _handle_emit(self, message):
         """A bundle (published by any process, this one included) fans out to the sockets here."""
@@ -127,16 +156,20 @@ class QueueManager(OneEventPerSocket, python_socketio.RedisManager):
 
     def _redis_connect(self):
         """On a Redis Cluster, subscribe on one of its nodes (any one hears every PUBLISH), the
-        next one after each failure, so a dead node only moves the listener."""
+        next one after each failure, so a dead node only moves the listener. Either way the
+        subscription's confirmation is kept: it says when this process starts hearing."""
+        self.listening.clear()
         if not is_cluster_url(self.redis_url):
-            return super()._redis_connect()
+            super()._redis_connect()
+            self.pubsub = self.redis.pubsub(ignore_subscribe_messages=False)
+            return
         nodes = self._publisher.get_nodes()
         node = nodes[self._listen_turn % len(nodes)]
         self._listen_turn += 1
         target = parse_redis_cluster_url(self.redis_url)
         self.redis = redis.Redis(host=node.host, port=node.port, username=target.username,
                                  password=target.password, **self.redis_options)
-        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=False)
         self.connected = True
 
 
@@ -225,6 +258,9 @@ def connect(auth=None):
     """Refuse anonymous connections; join the rooms this agent is entitled to."""
     if not current_user.is_authenticated or not current_user.is_active:
         raise ConnectionRefusedError("sign in first")  # the shim sends the page to /login
+    manager = socketio.server.manager
+    if isinstance(manager, QueueManager) and not manager.wait_until_listening():
+        log.warning("socket accepted before this process hears Redis: it may miss events until then")
     for room in rooms_for(current_user):
         join_room(room)
     _remember(current_user.id, request.sid)

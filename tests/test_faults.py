@@ -8,6 +8,8 @@ Redis at once, one call probes after the interval, and after recovery nothing st
   killed, restarted empty ............... test_killed_redis_restarted_empty_serves_nothing_stale
   commit never waits on push ............ test_commit_and_sign_in_while_redis_is_frozen
   panel and /metrics show the breaker ... test_panel_and_metrics_show_the_breaker
+  a socket waits until push is heard .... test_a_socket_is_accepted_once_its_process_hears_redis
+  push lost, then every socket refreshes  test_the_listener_subscribing_again_revalidates_its_sockets
 
 Timings are asserted only as generous guards against the old multi-second stalls; the
 behaviour is asserted on the breaker's counters.
@@ -20,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -294,3 +297,92 @@ def test_panel_and_metrics_show_the_breaker(redis_app, private_redis):
     assert admin.get("/inbox/list?tab=all", htmx=True).status_code == 200
     panel = admin.get("/admin/cache/panel", htmx=True).get_data(as_text=True)
     assert re.search(r'data-stat="redis-breaker">closed<', panel)
+
+
+
+# -- push through a Redis that comes and goes ------------------------------------------------------
+@pytest.fixture
+def push_server(private_redis, tmp_path):
+    """gunicorn (gevent) with the shared test Redis as its cache and the private one as its
+    Socket.IO message queue: ours to kill while the rest of the app stays up."""
+    from tests.conftest import REDIS_URL, redis_client
+    from tests.live import LiveServer
+
+    redis_client()  # the machine's Redis answers (or the test fails under CI=true)
+    server = LiveServer(tmp_path, redis_url=REDIS_URL)
+    server.env["SOCKETIO_MESSAGE_QUEUE"] = private_redis.url
+    server.start()
+    yield server
+    server.cleanup()
+
+
+def _socket(server, received: list, before_connect=lambda: None):
+    import socketio
+
+    from tests.live import cookie_header, form_log_in
+
+    client = socketio.Client(reconnection=False)
+    client.on("data:updated", received.append)
+    agent = form_log_in(server.base, "ana@example.com")
+    before_connect()
+    client.connect(server.base, headers={"Cookie": cookie_header(agent)}, transports=["polling"],
+                   wait_timeout=10)
+    return client
+
+
+def _wait_for(received: list, wanted, timeout: float = 5.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in list(received):
+            if wanted(event):
+                return event
+        time.sleep(0.05)
+    raise AssertionError(f"no such data:updated within {timeout} s; got {received}")
+
+
+def test_a_socket_is_accepted_once_its_process_hears_redis(push_server, private_redis):
+    """python-socketio starts a process's Redis listener at its first connection and subscribes
+    from a background task: a socket accepted before that misses the commits made right after
+    its page revalidated, for good (seen as a browser that never showed a message sent while it
+    reconnected to a restarted server). Here the listener's first try finds Redis down, so it
+    tries again a second later: the socket is accepted only once it is subscribed, and hears
+    the commit made right after."""
+    restarted = threading.Timer(0.3, private_redis.start)
+    started: list[float] = []
+
+    def redis_down() -> None:
+        private_redis.kill()
+        restarted.start()
+        started.append(time.monotonic())
+
+    received: list = []
+    client = _socket(push_server, received, before_connect=redis_down)
+    try:
+        waited = time.monotonic() - started[0]
+        assert waited > 0.5, waited  # for the listener's second try, a second after its first
+        restarted.join()
+        cid = push_server.inbound(phone="+5511900007777", name="Right After Connect", body="hi",
+                                  external_id=f"after-connect-{time.time()}")
+        _wait_for(received, lambda e: f"conversation:{cid}" in e["keys"])
+    finally:
+        client.disconnect()
+
+
+def test_the_listener_subscribing_again_revalidates_its_sockets(push_server, private_redis):
+    """The listener's connection lost (Redis restarted, a network cut): what was published until it
+    subscribes again reached no socket of this process, so each of them is told to revalidate
+    everything ("*", with the audience that spreads the refetches)."""
+    import redis
+
+    received: list = []
+    client = _socket(push_server, received)
+    try:
+        admin = redis.Redis.from_url(private_redis.url)
+        listeners = [c["id"] for c in admin.client_list() if int(c.get("sub", 0))]
+        assert listeners, admin.client_list()
+        for listener in listeners:
+            admin.client_kill_filter(_id=listener)
+        event = _wait_for(received, lambda e: e["keys"] == ["*"], timeout=6)
+        assert event["audience"] >= 1
+    finally:
+        client.disconnect()
