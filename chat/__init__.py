@@ -36,7 +36,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["REDIS_URL"] = check_redis_url(app.config.get("REDIS_URL"))  # a bad one stops here, said plainly
 
     from . import auth, admin, api, cli, inbox, invalidation, observability, offline, push, web
-    from . import catalog, compression, contacts, dashboard, throttle, webhooks, worker
+    from . import catalog, compression, contacts, dashboard, files, storage, throttle, webhooks, worker
     from .cache import smart_cache
     from .extensions import csrf, db, login_manager, migrate
 
@@ -53,6 +53,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     worker.init_app(app)
     catalog.init_app(app)
     compression.init_app(app)
+    app.config["ATTACHMENT_DIR"] = app.config.get("ATTACHMENT_DIR") or str(Path(app.instance_path) / "attachments")
+    storage.init_app(app)
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(inbox.bp)
@@ -62,6 +64,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(observability.bp)
     app.register_blueprint(webhooks.bp)
+    app.register_blueprint(files.bp)
     csrf.exempt(api.bp)  # the API authenticates with bearer tokens, never with the session cookie
     csrf.exempt(webhooks.bp)  # providers sign their webhooks
     throttle.init_app(app)  # after the blueprints: its limits wrap their views

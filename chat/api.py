@@ -8,6 +8,7 @@ from functools import wraps
 from flask import Blueprint, current_app, g, jsonify, request
 
 from . import catalog, delivery, domain, fragments, metrics, queries, reads, throttle
+from .channels.webhook import attachments_of
 from .errors import DomainError, InvalidInput, NotFound, UnsupportedMediaType
 from .responses import json_error
 from .visibility import TABS, can_see_summary
@@ -162,7 +163,7 @@ def retry(message_id: int):
 
 
 # -- the provider's side: the generic webhook channel (the inbound token) ------------------------
-INBOUND_FIELDS = ("phone", "body", "name", "external_id", "avatar_url", "from_me", "channel")
+INBOUND_FIELDS = ("phone", "body", "name", "external_id", "avatar_url", "from_me", "channel", "attachments")
 
 
 def provider_required(view):
@@ -187,9 +188,20 @@ def inbound():
     the business sent); retried deliveries are stored once."""
     data = _json_body(*INBOUND_FIELDS)
     channel = catalog.inbound_webhook_channel(data.pop("channel", None))
-    result = domain.receive_inbound(data.pop("phone", None), data.pop("body", None), **data, channel_id=channel)
+    files = _inbound_files(data.pop("attachments", None))
+    result = domain.receive_inbound(data.pop("phone", None), data.pop("body", None), **data, channel_id=channel,
+                                    attachments=files)
     payload = {"conversation_id": result.conversation_id, "message_id": result.message_id}
     return ok(payload, 201 if result.created else 200)
+
+
+def _inbound_files(value) -> tuple:
+    """The generic channel's `attachments` ([{url, content_type, filename, caption}]): fetched later
+    by a worker; anything malformed is a 400 naming the field."""
+    try:
+        return attachments_of(value)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 @bp.post("/status")

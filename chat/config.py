@@ -63,6 +63,17 @@ class Config:
     DELIVERY_MAX_ATTEMPTS = int(os.environ.get("DELIVERY_MAX_ATTEMPTS") or 12)
     DELIVERY_BACKOFF_BASE = float(os.environ.get("DELIVERY_BACKOFF_BASE") or 1)  # seconds, doubling
     DELIVERY_BACKOFF_MAX = float(os.environ.get("DELIVERY_BACKOFF_MAX") or 300)
+    # Attachments (chat/attachments.py, chat/worker.py): a whole download's time limit, and how
+    # many tries a file gets (the same backoff as deliveries). Sizes: chat/media_types.LIMITS,
+    # ATTACHMENT_MAX_BYTES_<KIND> to change one; storage: chat/storage.py.
+    ATTACHMENT_FETCH_SECONDS = float(os.environ.get("ATTACHMENT_FETCH_SECONDS") or 60)
+    ATTACHMENT_MAX_ATTEMPTS = int(os.environ.get("ATTACHMENT_MAX_ATTEMPTS") or 5)
+    ATTACHMENT_STORAGE = os.environ.get("ATTACHMENT_STORAGE", "disk")
+    ATTACHMENT_DIR = os.environ.get("ATTACHMENT_DIR")  # None: instance/attachments
+    ATTACHMENT_S3_BUCKET = os.environ.get("ATTACHMENT_S3_BUCKET")
+    ATTACHMENT_S3_ENDPOINT_URL = os.environ.get("ATTACHMENT_S3_ENDPOINT_URL")
+    ATTACHMENT_S3_REGION = os.environ.get("ATTACHMENT_S3_REGION")
+    ATTACHMENT_S3_PREFIX = os.environ.get("ATTACHMENT_S3_PREFIX", "")
     # Channels from the environment, for a demo or a single-channel deployment (admin pages for
     # the rest): the generic webhook channel and the WhatsApp Cloud API channel.
     CHANNEL_WEBHOOK_URL = os.environ.get("CHANNEL_WEBHOOK_URL")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 from flask import current_app
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from . import delivery
+from . import attachments, delivery
+from .channels import MediaRef
 from .errors import Conflict, InvalidInput, NotFound
 from .extensions import db
 from .models import (
@@ -115,6 +116,7 @@ def receive_inbound(
     avatar_url: object = None,
     channel_id: int | None = None,
     from_me: object = False,
+    attachments: Sequence[MediaRef] = (),
 ) -> InboundResult:
     """Store a contact's message, opening or reopening its conversation as pending, and
     remember the channel it came through (replies go back through it).
@@ -126,7 +128,8 @@ def receive_inbound(
     if not isinstance(from_me, bool):
         raise InvalidInput("from_me must be true or false")
     phone = clean_phone(phone)
-    body = clean_body(body)
+    # A message that is only files (a photo, a voice note) has no text; its files say what it is.
+    body = clean_body(body) if body or not attachments else ""
     if name is not None and (not isinstance(name, str) or len(name) > 120):
         raise InvalidInput("name must be a string of at most 120 characters")
     if external_id is not None and (not isinstance(external_id, str) or not external_id or len(external_id) > 255):
@@ -147,8 +150,8 @@ def receive_inbound(
             return existing
         try:
             if from_me:
-                return _store_echo(phone, body, external_id, channel_id)
-            return _store_inbound(phone, body, name, external_id, avatar_url, channel_id)
+                return _store_echo(phone, body, external_id, channel_id, attachments)
+            return _store_inbound(phone, body, name, external_id, avatar_url, channel_id, attachments)
         except IntegrityError:
             # A concurrent delivery of the same message or contact won the insert; look again.
             db.session.rollback()
@@ -189,7 +192,7 @@ def _contact(phone: str, name: str, avatar_url: str | None = None) -> Contact:
     return contact
 
 
-def _store_inbound(phone, body, name, external_id, avatar_url, channel_id) -> InboundResult:
+def _store_inbound(phone, body, name, external_id, avatar_url, channel_id, files=()) -> InboundResult:
     now = utcnow()
     contact = _contact(phone, name, avatar_url)
     conversation = _latest_conversation(contact)
@@ -203,24 +206,27 @@ def _store_inbound(phone, body, name, external_id, avatar_url, channel_id) -> In
     conversation.unread_count = (conversation.unread_count or 0) + 1
     if channel_id is not None:
         conversation.channel_id = channel_id
-    return _add_message(conversation, Message(body=body, from_me=False, external_id=external_id, created_at=now))
+    return _add_message(conversation, Message(body=body, from_me=False, external_id=external_id, created_at=now),
+                        files, channel_id)
 
 
-def _add_message(conversation: Conversation, message: Message) -> InboundResult:
-    """Store a message as the conversation's newest and commit."""
+def _add_message(conversation: Conversation, message: Message, files: Sequence[MediaRef] = (),
+                 channel_id: int | None = None) -> InboundResult:
+    """Store a message as the conversation's newest, with its files to fetch, and commit."""
     db.session.flush()
     message.conversation_id = conversation.id
     db.session.add(message)
     db.session.flush()
+    attachments.add_inbound(message, files, channel_id)
     conversation.last_message_at = message.created_at
-    conversation.last_message_body = message.body
+    conversation.last_message_body = message.body or attachments.preview(files)
     conversation.last_message_id = message.id
     conversation.last_message_state = message.delivery_state if message.from_me else None
     db.session.commit()
     return InboundResult(conversation.id, message.id, created=True)
 
 
-def _store_echo(phone, body, external_id, channel_id) -> InboundResult:
+def _store_echo(phone, body, external_id, channel_id, files=()) -> InboundResult:
     """A message the business sent from elsewhere (its phone, another tool): one more sent reply
     in the contact's latest conversation, which stays as it is (a new one is created closed:
     nothing waits for an agent until the contact writes)."""
@@ -232,7 +238,7 @@ def _store_echo(phone, body, external_id, channel_id) -> InboundResult:
     message = Message(body=body, from_me=True, external_id=external_id, created_at=utcnow(), delivery_state=SENT)
     if external_id:
         delivery.settle_echo(message)
-    return _add_message(conversation, message)
+    return _add_message(conversation, message, files, channel_id)
 
 
 def accept_conversation(conversation_id: int, agent: Agent) -> Conversation:
@@ -259,9 +265,14 @@ IDEMPOTENCY_KEY_RE = re.compile(r"[A-Za-z0-9_-]{8,64}")
 KEY_REUSED = "this idempotency key was already used for another message"
 
 
-class SentReply(NamedTuple):
+@dataclass(frozen=True)
+class SentReply:
     message: Message
     created: bool  # False: a retry; the key's message already existed and nothing changed
+    also: tuple[Message, ...] = ()  # the reply's other parts: one message per further file
+
+    def __iter__(self):  # `message, created = send_reply(...)`
+        return iter((self.message, self.created))
 
 
 def clean_idempotency_key(key: object) -> str | None:
@@ -274,16 +285,23 @@ def clean_idempotency_key(key: object) -> str | None:
 
 
 def send_reply(
-    conversation_id: int, agent: Agent, body: object, idempotency_key: object = None
+    conversation_id: int, agent: Agent, body: object, idempotency_key: object = None,
+    files: Sequence[attachments.StoredFile] = (),
 ) -> SentReply:
-    """Store the agent's reply on an active conversation they handle.
+    """Store the agent's reply on an active conversation they handle, with the files the agent
+    attached (already in storage: chat/uploads.py).
 
+    A reply carries at most one file, as a WhatsApp message does, so each file is a message of
+    its own, delivered in order, each with its own state: the text rides as the first file's
+    caption when that file can have one (image, video, document), else it goes first, alone.
     A key already used by this agent for the same reply returns that message and changes
     nothing, even if the conversation changed since (the reply was delivered): clients retry.
     """
-    body = clean_body(body)
+    if len(files) > attachments.MAX_PER_MESSAGE:
+        raise InvalidInput(f"a reply may carry at most {attachments.MAX_PER_MESSAGE} files")
+    body = clean_body(body) if body or not files else ""
     key = clean_idempotency_key(idempotency_key)
-    sent = _sent_with_key(agent, key, conversation_id, body, False)
+    sent = _sent_with_key(agent, key, conversation_id, attachments.reply_parts(body, files)[0][0], False)
     if sent is not None:
         return SentReply(sent, created=False)
     conversation = get_visible_conversation(agent, conversation_id)
@@ -295,31 +313,36 @@ def send_reply(
     where = [Conversation.status == ACTIVE]
     if not agent.is_admin:
         where.append(Conversation.user_id == agent.id)
-    message = Message(
-        conversation_id=conversation_id, body=body, from_me=True, user_id=agent.id, created_at=now,
-        idempotency_key=key,
-    )
-    db.session.add(message)
+    parts = attachments.reply_parts(body, files)
+    messages = []
     try:
-        db.session.flush()
-        # Its delivery row commits with it (the transactional outbox): nothing is lost after the commit.
-        delivery.enqueue(message, conversation)
+        for n, (text, file) in enumerate(parts):
+            message = Message(conversation_id=conversation_id, body=text, from_me=True, user_id=agent.id,
+                              created_at=now, idempotency_key=key if n == 0 or key is None else f"{key[:60]}+{n}")
+            db.session.add(message)
+            db.session.flush()
+            if file is not None:
+                attachments.add_stored(message, file)
+            # Its delivery row commits with it (the transactional outbox): nothing is lost after the commit.
+            delivery.enqueue(message, conversation)
+            messages.append(message)
+        last = messages[-1]
         _conditional_update(
             conversation_id,
             tuple(where),
-            {"last_message_at": now, "last_message_body": body, "last_message_id": message.id,
-             "last_message_state": message.delivery_state},
+            {"last_message_at": now, "last_message_body": last.body or attachments.preview_of(parts[-1][1]),
+             "last_message_id": last.id, "last_message_state": last.delivery_state},
             "conversation is no longer active",
         )
         db.session.commit()
     except IntegrityError:
         # The unique (user_id, idempotency_key) settles a retry racing the original: it won.
         db.session.rollback()
-        sent = _sent_with_key(agent, key, conversation_id, body, False)
+        sent = _sent_with_key(agent, key, conversation_id, parts[0][0], False)
         if sent is None:
             raise
         return SentReply(sent, created=False)
-    return SentReply(message, created=True)
+    return SentReply(messages[0], created=True, also=tuple(messages[1:]))
 
 
 def _sent_with_key(agent: Agent, key: str | None, conversation_id: int, body: str,
@@ -383,11 +406,13 @@ def write_note(
 
 
 def send_message(conversation_id: int, agent: Agent, body: object, idempotency_key: object = None,
-                 private: bool = False) -> SentNote:
+                 private: bool = False, files: Sequence[attachments.StoredFile] = ()) -> SentNote:
     """What the reply box sends: a reply (send_reply), or with `private` a note (write_note)."""
     if private:
+        if files:
+            raise InvalidInput("a private note cannot carry files (only replies do)")
         return write_note(conversation_id, agent, body, idempotency_key)
-    message, created = send_reply(conversation_id, agent, body, idempotency_key)
+    message, created = send_reply(conversation_id, agent, body, idempotency_key, files)
     return SentNote(message, created)
 
 

@@ -75,6 +75,8 @@ INVALIDATION_MAP: dict[str, Rule] = {
     "quick_replies": Rule(prefixes=("quick_replies",), rooms=(AGENTS,)),
     "tags": Rule(prefixes=("tags",), tags=(LABELS,), rooms=(AGENTS,)),
     "conversation_labels": Rule(counts_as_parent=("conversations", "conversation_id")),
+    "attachments": Rule(prefixes=("conversation:{conversation_id}:messages",),
+                        rooms_of_parent=("conversations", "conversation_id")),
     "mentions": Rule(prefixes=("mentions:user:{user_id}",), rooms=("user:{user_id}",)),
 }
 

@@ -300,6 +300,46 @@ class Mention(db.Model):
     )
 
 
+# An attachment's file: being fetched from the provider, kept in storage, or not kept (why).
+DOWNLOADING, STORED = "downloading", "stored"
+ATTACHMENT_STATES = (DOWNLOADING, STORED, FAILED)
+
+
+class Attachment(db.Model):
+    """A file on a message. Inbound ones are committed `downloading` with the provider's
+    reference (`source`: a URL, or WhatsApp's media id) and fetched after the commit by a worker,
+    which claims them for a lease like deliveries; an agent's upload is `stored` at once. The
+    bytes live in storage (chat/storage.py) under `storage_key`; `content_type` is sniffed from
+    them, never the sender's claim (`declared_type`)."""
+
+    __tablename__ = "attachments"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    channel_id: Mapped[int | None] = mapped_column(ForeignKey("channels.id", ondelete="SET NULL"))
+    source: Mapped[str | None] = mapped_column(String(2000))
+    kind: Mapped[str | None] = mapped_column(String(16))  # image | audio | video | document | sticker
+    declared_type: Mapped[str | None] = mapped_column(String(255))
+    content_type: Mapped[str | None] = mapped_column(String(255))
+    filename: Mapped[str | None] = mapped_column(String(255))
+    caption: Mapped[str | None] = mapped_column(Text)
+    size: Mapped[int | None] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default=DOWNLOADING)
+    reason: Mapped[str | None] = mapped_column(Text)
+    storage_key: Mapped[str | None] = mapped_column(String(500))
+    thumb_key: Mapped[str | None] = mapped_column(String(500))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    run_after: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime)
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (
+        Index("ix_attachments_message", "message_id", "id"),
+        Index("ix_attachments_due", "state", "run_after"),
+    )
+
+
 class QuickReply(db.Model):
     """A reply template an agent can insert into the reply box."""
 

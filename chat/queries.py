@@ -14,8 +14,8 @@ from sqlalchemy.sql import ColumnElement
 from . import search
 from .domain import CONTROL_CHARACTERS
 from .extensions import db
-from .models import (ACTIVE, CLOSED, NONE, PENDING, Contact, Conversation, ConversationLabel, Department, Mention, Message,
-                     Tag, User, Viewer)
+from .models import (ACTIVE, CLOSED, NONE, PENDING, STORED, Attachment, Contact, Conversation, ConversationLabel,
+                     Department, Mention, Message, Tag, User, Viewer)
 from .visibility import TABS, tab_filter, tabs_listing, visible_to
 
 
@@ -152,9 +152,10 @@ def list_conversations(
     return {"items": items, "next_cursor": next_cursor}
 
 
-def message_dict(m: Message, mentions: list[dict] | None = None) -> dict:
-    """A message as the thread and the API show it. A private note (agents only, never sent) also
-    names the agents it told (`mentions`: when the caller has read them, else read here)."""
+def message_dict(m: Message, mentions: list[dict] | None = None, files: list[dict] | None = None) -> dict:
+    """A message as the thread and the API show it, with its attachments (`files`: when the
+    caller has read them, else read here). A private note (agents only, never sent) also names
+    the agents it told (`mentions`: likewise)."""
     found = {
         "id": m.id,
         "body": m.body,
@@ -163,9 +164,28 @@ def message_dict(m: Message, mentions: list[dict] | None = None) -> dict:
         "sender": m.sender.name if m.sender else None,
         "created_at": _iso(m.created_at),
         "delivery": delivery_dict(m),
+        "attachments": files if files is not None else attachments_of([m.id])[m.id],
     }
     if m.private:
         found["mentions"] = mentions if mentions is not None else mentions_of([m.id])[m.id]
+    return found
+
+
+def attachments_of(message_ids: list[int]) -> dict[int, list[dict]]:
+    """message id -> its attachments as the thread and the API show them, in one query. A file's
+    url (and an image's thumbnail) only once it is stored; `reason` when it was not."""
+    found: dict[int, list[dict]] = {i: [] for i in message_ids}
+    if message_ids:
+        for a in db.session.scalars(select(Attachment).where(Attachment.message_id.in_(message_ids))
+                                    .order_by(Attachment.message_id, Attachment.id)):
+            stored = a.state == STORED
+            found[a.message_id].append({
+                "id": a.id, "state": a.state, "reason": a.reason if a.state != STORED else None,
+                "kind": a.kind, "content_type": a.content_type if stored else a.declared_type,
+                "filename": a.filename, "size": a.size, "caption": a.caption,
+                "url": f"/attachments/{a.id}" if stored else None,
+                "thumbnail_url": f"/attachments/{a.id}/thumbnail" if stored and a.thumb_key else None,
+            })
     return found
 
 
@@ -204,8 +224,9 @@ def conversation_messages(conversation_id: int, before: int | None = None, since
         older = db.session.scalar(select(Message.id).where(Message.conversation_id == conversation_id,
                                                            Message.id < page[0].id).limit(1)) is not None
     notes = mentions_of([m.id for m in page if m.private])
+    files = attachments_of([m.id for m in page])
     return {
-        "items": [message_dict(m, notes.get(m.id)) for m in page],
+        "items": [message_dict(m, notes.get(m.id), files[m.id]) for m in page],
         "older_cursor": page[0].id if older and page else None,
     }
 

@@ -13,6 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import metrics
 from .errors import DomainError
 from .models import DEFAULT_COLOR, DELIVERY_WORDS, ROLES
+from .media_types import human_size
 from .responses import json_error
 from .visibility import TABS
 
@@ -58,6 +59,7 @@ def init_app(app: Flask) -> None:
     _production_settings(app)
     app.add_template_filter(_time_tag, "time")
     app.add_template_filter(_initials, "initials")
+    app.add_template_filter(lambda n: human_size(n) if n is not None else "", "filesize")
     app.jinja_env.globals.update(tabs=TABS, roles=ROLES, default_color=DEFAULT_COLOR, delivery_words=DELIVERY_WORDS)
 
     @app.errorhandler(HTTPException)

@@ -71,7 +71,8 @@ def _store(channel, adapter, payload: dict) -> dict:
         try:
             if isinstance(item, Inbound):
                 domain.receive_inbound(phone=item.phone, body=item.body, name=item.name,
-                                       external_id=item.external_id, channel_id=channel.id, from_me=item.from_me)
+                                       external_id=item.external_id, channel_id=channel.id, from_me=item.from_me,
+                                       attachments=item.attachments)
                 counts["messages"] += 1
             else:
                 delivery.record_status(item.provider_message_id, item.status, item.reason)

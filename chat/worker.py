@@ -1,4 +1,5 @@
-"""Delivery workers: claim a reply from the outbox, hand it to its channel, record the answer.
+"""Delivery workers: claim a reply from the outbox, hand it to its channel, record the answer;
+and fetch the files of inbound messages (`fetch_once`) the same way, after their commit.
 
 `flask --app app worker` runs one as its own process (the scaled deployment); `make run` runs
 one inside the gunicorn process (`start_embedded`, from gunicorn.conf.py). Either way it works
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 import threading
 import time
 
@@ -21,9 +23,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from . import delivery
-from .channels import SendError, adapter_for
+from .channels import FetchError, SendError, adapter_for
 from .extensions import db
-from .models import Delivery
+from .models import DOWNLOADING, Attachment, Delivery
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,63 @@ def work_once() -> bool:
     else:
         _record(lease_ends, held, delivery.record_sent, provider_id)
     return True
+
+
+def fetch_once() -> bool:
+    """Claim one inbound attachment and fetch it: through its channel, checked from its bytes,
+    into storage, with a thumbnail for images; False when none was due. Call in an app context.
+    The row says `stored` only once the bytes are in storage; a lease lost meanwhile deletes
+    them again (the new holder stores its own)."""
+    from flask import current_app
+
+    from . import attachments, media_types, storage
+
+    db.session.info[_WORKER] = True
+    held = attachments.claim()
+    if held is None:
+        return False
+    config = current_app.config
+    keys: list[str] = []
+    try:
+        adapter = adapter_for(held.channel_kind, held.channel_settings, send_timeout())
+        cap = media_types.limit_for(held.media.kind, config) if held.media.kind else media_types.max_limit(config)
+        fetched = adapter.fetch_media(held.media, cap, time.monotonic() + config["ATTACHMENT_FETCH_SECONDS"])
+        content_type, kind = media_types.check(fetched.data, held.media.kind, config)
+        files = storage.storage()
+        key = f"attachments/{held.conversation_id}/{held.attachment_id}-{secrets.token_hex(8)}"
+        files.put(key, fetched.data, content_type)
+        keys.append(key)
+        thumb = media_types.thumbnail(fetched.data) if kind in (media_types.IMAGE, media_types.STICKER) else None
+        if thumb is not None:
+            files.put(key + "-thumb.webp", thumb, "image/webp")
+            keys.append(key + "-thumb.webp")
+    except FetchError as error:
+        attachments.record_failure(held, error.reason, error.temporary)
+    except media_types.Refused as refused:
+        attachments.record_failure(held, refused.reason, temporary=False)
+    except storage.StorageError as error:
+        _forget(keys)
+        attachments.record_failure(held, f"could not store it ({error})", temporary=True)
+    except Exception as exc:  # noqa: BLE001 - a bug fails this file, visibly, not the worker
+        log.exception("attachment %s: fetching it raised", held.attachment_id)
+        _forget(keys)
+        attachments.record_failure(held, f"could not download it ({type(exc).__name__})", temporary=True)
+    else:
+        filename = media_types.safe_filename(fetched.filename or held.media.filename, content_type)
+        if not attachments.record_stored(held, content_type, kind, len(fetched.data), key,
+                                         key + "-thumb.webp" if thumb is not None else None, filename):
+            _forget(keys)
+    return True
+
+
+def _forget(keys: list[str]) -> None:
+    from .storage import StorageError, storage
+
+    for key in keys:
+        try:
+            storage().delete(key)
+        except StorageError:
+            log.warning("could not delete %s from storage", key)
 
 
 def _record(lease_ends: float, held: delivery.Claim, record, answer) -> None:
@@ -108,6 +167,8 @@ def _loop(app: Flask, stop: threading.Event) -> None:
         try:
             with app.app_context():
                 busy = work_once()
+            with app.app_context():
+                busy = fetch_once() or busy
             pause = 0.0
         except Exception:  # noqa: BLE001 - the database is down or restarting: wait, then go on
             pause = min(5.0, pause * 2 or 0.25)
@@ -152,7 +213,8 @@ def start_embedded(app: Flask) -> threading.Event | None:
 
 
 def _after_flush(session: Session, _context) -> None:
-    if any(isinstance(obj, Delivery) for obj in session.new):
+    if any(isinstance(obj, Delivery) or (isinstance(obj, Attachment) and obj.state == DOWNLOADING)
+           for obj in session.new):
         session.info[_ENQUEUED] = True
 
 

@@ -6,8 +6,11 @@ server fails them instead of skipping.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
+import tempfile
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -134,9 +137,16 @@ def database_url(request, tmp_path):
     raise ValueError(f"unknown test database {request.param!r}")
 
 
+# Attachments' bytes of in-process test apps: one directory of this test process, removed at exit
+# (never the repository's instance/).
+ATTACHMENT_DIR = tempfile.mkdtemp(prefix="chat-test-attachments-")
+atexit.register(shutil.rmtree, ATTACHMENT_DIR, True)
+
+
 def make_config(database_url: str, **extra) -> dict:
     return {
         "TESTING": True,
+        "ATTACHMENT_DIR": ATTACHMENT_DIR,
         "SECRET_KEY": "test-secret",
         "INBOUND_TOKEN": INBOUND_TOKEN,
         "SQLALCHEMY_DATABASE_URI": database_url,

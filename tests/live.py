@@ -38,7 +38,7 @@ class LiveServer:
         self.redis_url, self.prefix = redis_url, f"chat-test-{uuid.uuid4().hex[:10]}:"
         self.env = {**os.environ, "DATABASE_URL": database_url or f"sqlite:///{tmp / 'live.db'}",
                     "SECRET_KEY": "browser-test-secret", "INBOUND_TOKEN": INBOUND_TOKEN,
-                    "PYTHONUNBUFFERED": "1"}
+                    "PYTHONUNBUFFERED": "1", "ATTACHMENT_DIR": str(tmp / "attachments")}
         if redis_url:
             self.env.update(REDIS_URL=redis_url, CACHE_KEY_PREFIX=self.prefix,
                             SOCKETIO_CHANNEL=self.prefix + "socketio")

@@ -10,9 +10,24 @@ real providers do to a client: fail with 500, throttle with 429 and Retry-After,
         provider.script("500", "500")          # the next two requests fail, then the default ("ok")
         provider.default = "hang"              # every later request hangs
         provider.requests                      # what it received, in order
+
+It also serves files as real servers do, for inbound attachments (GET requests, recorded too,
+never counted as accepted sends):
+
+        url = provider.serve_file("/files/a.pdf", data, "application/pdf")   # a customer's server
+        provider.whatsapp_media("1003383421387256", data, "image/jpeg")      # Graph's media id:
+        # GET /v23.0/<id> (Bearer token) -> {"url", "mime_type", "sha256", "file_size", "id"},
+        # then GET that url (the token again) -> the bytes
+        provider.downloads()                   # the GETs of bytes it answered (not Graph's JSON)
+
+File modes: "ok", "hang" (headers, then no byte for hang_seconds), "trickle" (a byte every
+0.2 s), "endless" (64 KB chunks until the client hangs up), "500", "expired" (a media id Graph
+no longer knows: 400, code 100, subcode 33, as Graph answers; a plain file: 404), "gone" (the
+download URL of a media id answers 404).
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -20,11 +35,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 from bench.common import free_port
 
 WHATSAPP_TOKEN = "test-whatsapp-access-token"
 PHONE_NUMBER_ID = "106540352242922"
+MEDIA_PATH = "/whatsapp_business/attachments/"  # where Graph's media URLs point, as lookaside's do
+_BAD_TOKEN = {"error": {"message": "Invalid OAuth access token.", "type": "OAuthException", "code": 190,
+                        "fbtrace_id": "AbCdEf"}}
 
 
 @dataclass
@@ -35,10 +54,23 @@ class Received:
     json: dict | None
     signature_ok: bool | None  # None: no signature expected (WhatsApp uses a bearer token)
     at: float = field(default_factory=time.monotonic)
+    method: str = "POST"
+    sent: int = 0  # bytes of a file written to the client (GETs)
 
     @property
     def key(self) -> str | None:
         return self.headers.get("idempotency-key")
+
+
+@dataclass
+class ServedFile:
+    """A file the fake serves: bytes, what it says they are, and how it misbehaves."""
+
+    data: bytes
+    content_type: str
+    mode: str = "ok"
+    chunked: bool = False  # no Content-Length: the client learns the size only by reading
+    file_size: int | str | None = None  # what Graph says (a media id's); None: not said
 
 
 class FakeProvider:
@@ -59,6 +91,9 @@ class FakeProvider:
         self.webhook_url = f"{self.url}/messages"
         self.graph_url = f"{self.url}/v23.0"
         self._server: ThreadingHTTPServer | None = None
+        self._files: dict[str, ServedFile] = {}  # path -> a plain file
+        self._media: dict[str, ServedFile] = {}  # WhatsApp media id -> its file
+        self._stopping = threading.Event()  # ends hanging answers when the server stops
 
     # -- control ---------------------------------------------------------------------------
     def script(self, *modes: str) -> None:
@@ -74,9 +109,19 @@ class FakeProvider:
             def log_message(self, *args):  # quiet
                 pass
 
+            def handle(self):
+                try:
+                    super().handle()
+                except (ConnectionResetError, BrokenPipeError):
+                    pass  # a client that hung up mid-file, as real clients do
+
             def do_POST(self):
                 provider._handle(self)
 
+            def do_GET(self):
+                provider._handle_get(self)
+
+        self._stopping.clear()
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -84,6 +129,7 @@ class FakeProvider:
 
     def stop(self) -> None:
         """Down: connections are refused until start() again (same port)."""
+        self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -120,6 +166,32 @@ class FakeProvider:
             time.sleep(0.02)
         raise AssertionError(f"the provider got {len(self.accepted() if accepted else self.requests)} "
                              f"requests, expected {count}: {[r.json for r in self.requests]}")
+
+    def downloads(self) -> list[Received]:
+        """The GETs of a file's bytes it received (plain files and media URLs, not Graph's JSON)."""
+        with self._lock:
+            return [r for r in self.requests if r.method == "GET" and not r.path.startswith("/v23.0/")]
+
+    # -- files ------------------------------------------------------------------------------
+    def serve_file(self, path: str, data: bytes, content_type: str = "application/octet-stream",
+                   mode: str = "ok", chunked: bool = False) -> str:
+        """Serve bytes at a path, as a customer's server would for the generic channel: its URL."""
+        with self._lock:
+            self._files[path] = ServedFile(data, content_type, mode, chunked)
+        return self.url + path
+
+    def whatsapp_media(self, media_id: str, data: bytes, mime_type: str, mode: str = "ok", chunked: bool = False,
+                       file_size: int | str | None | bool = True) -> None:
+        """A media id as Graph knows it. file_size: True says the real size, None says none,
+        a number or a string of digits says that (Meta's documented sample has a string)."""
+        size = len(data) if file_size is True else file_size
+        with self._lock:
+            self._media[media_id] = ServedFile(data, mime_type, mode, chunked, size)
+
+    def media_url(self, media_id: str) -> str:
+        """The short-lived download URL Graph answers for a media id."""
+        digest = hashlib.sha256(media_id.encode()).hexdigest()[:16]
+        return f"{self.url}{MEDIA_PATH}?mid={media_id}&ext={int(time.time())}&hash={digest}"
 
     def id_for(self, message_id: int) -> str:
         """The provider id it answered for one of our message ids (its first round)."""
@@ -179,6 +251,94 @@ class FakeProvider:
                                                          "contacts": [{"input": to, "wa_id": to}],
                                                          "messages": [{"id": provider_id}]})
         return self._answer(handler, received, 200, {"id": provider_id})
+
+    def _handle_get(self, handler: BaseHTTPRequestHandler) -> None:
+        headers = {k.lower(): v for k, v in handler.headers.items()}
+        received = Received(handler.path, headers, b"", None, None, method="GET")
+        with self._lock:
+            self.requests.append(received)
+        parts = urlsplit(handler.path)
+        token_ok = headers.get("authorization") == f"Bearer {WHATSAPP_TOKEN}"
+        if parts.path.startswith("/v23.0/"):  # Graph: a media id's URL and facts
+            if not token_ok:
+                return self._answer(handler, received, 401, _BAD_TOKEN)
+            media_id = parts.path.removeprefix("/v23.0/")
+            with self._lock:
+                media = self._media.get(media_id)
+            if media is None or media.mode == "expired":
+                return self._answer(handler, received, 400, {"error": {
+                    "message": f"Unsupported get request. Object with ID '{media_id}' does not exist, cannot be "
+                               "loaded due to missing permissions, or does not support this operation.",
+                    "type": "GraphMethodException", "code": 100, "error_subcode": 33, "fbtrace_id": "AbCdEf"}})
+            if media.mode == "500":
+                return self._answer(handler, received, 500, {"error": {
+                    "message": "An unexpected error has occurred. Please retry your request later.",
+                    "type": "OAuthException", "code": 2, "is_transient": True, "fbtrace_id": "AbCdEf"}})
+            found = {"messaging_product": "whatsapp", "url": self.media_url(media_id), "mime_type": media.content_type,
+                     "sha256": base64.b64encode(hashlib.sha256(media.data).digest()).decode(), "id": media_id}
+            if media.file_size is not None:
+                found["file_size"] = media.file_size
+            received.answered = "served"
+            return self._answer(handler, received, 200, found)
+        if parts.path == MEDIA_PATH:  # the media URL Graph answered: the bytes, with the token again
+            if not token_ok:
+                return self._answer(handler, received, 401, _BAD_TOKEN)
+            with self._lock:
+                media = self._media.get((parse_qs(parts.query).get("mid") or [""])[0])
+            if media is None or media.mode == "gone":
+                return self._answer(handler, received, 404, {"error": {"message": "Media not found", "code": 100}})
+            return self._serve_bytes(handler, received, media)
+        with self._lock:
+            served = self._files.get(parts.path)
+        if served is None or served.mode == "expired":
+            return self._answer(handler, received, 404, {"error": "no such file"})
+        if served.mode == "500":
+            return self._answer(handler, received, 500, {"error": "provider is having a bad day"})
+        return self._serve_bytes(handler, received, served)
+
+    def _serve_bytes(self, handler, received: Received, served: ServedFile) -> None:
+        """200 and the bytes, as the file's mode says: at once, never, a trickle or without end."""
+        chunked = served.chunked or served.mode == "endless"
+        received.answered = "served"
+        until = time.monotonic() + self.hang_seconds
+
+        def write(piece: bytes) -> None:
+            handler.wfile.write(b"%X\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+            handler.wfile.flush()
+            received.sent += len(piece)
+
+        try:
+            handler.send_response(200)
+            handler.send_header("Content-Type", served.content_type)
+            if chunked:
+                handler.send_header("Transfer-Encoding", "chunked")
+            else:
+                handler.send_header("Content-Length", str(len(served.data)))
+            handler.end_headers()
+            handler.wfile.flush()
+            if served.mode == "hang":
+                handler.close_connection = True
+                self._stopping.wait(self.hang_seconds)
+                return
+            if served.mode == "trickle":
+                handler.close_connection = True
+                for i in range(len(served.data)):
+                    if time.monotonic() > until or self._stopping.wait(0.2):
+                        return
+                    write(served.data[i:i + 1])
+            elif served.mode == "endless":
+                handler.close_connection = True
+                piece = (served.data or b"\0") * (64 * 1024 // max(1, len(served.data)) + 1)
+                while time.monotonic() < until and not self._stopping.is_set():
+                    write(piece[:64 * 1024])
+                return
+            else:
+                for start in range(0, len(served.data), 64 * 1024):
+                    write(served.data[start:start + 64 * 1024])
+            if chunked:
+                handler.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            handler.close_connection = True  # the client gave up, as clients do
 
     def _answer(self, handler, received, status: int, payload: dict, headers: dict | None = None) -> None:
         if status >= 300:

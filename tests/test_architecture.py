@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 CHAT = Path(__file__).resolve().parent.parent / "chat"
-BLUEPRINTS = {"admin", "api", "auth", "contacts", "dashboard", "inbox", "webhooks"}
+BLUEPRINTS = {"admin", "api", "auth", "contacts", "dashboard", "files", "inbox", "webhooks"}
 MAX_VIEW_LINES = 15
 
 

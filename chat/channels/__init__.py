@@ -6,6 +6,8 @@ An adapter is built from a channel row's settings and does four things:
 - `parse(payload)`: the provider's webhook -> `Inbound` messages and `StatusReport`s;
 - `send(outgoing)`: give one reply to the provider -> its message id, or a `SendError` that
   says whether trying again later can help (`temporary`) and why, in words an agent can read;
+- `fetch_media(media, max_bytes, deadline)`: the bytes of a file an inbound message points at,
+  or a `FetchError` (too large, refused, too slow: `deadline` is the whole download's time);
 - `describe()`: what the admin page may show of its settings (never a secret).
 
 The domain and the worker know channels only through this module; the adapters know nothing
@@ -31,6 +33,37 @@ class Outgoing:
 
 
 @dataclass(frozen=True)
+class MediaRef:
+    """A file a provider's message points at, fetched later by a worker (never in the webhook
+    request): the generic webhook's `url`, or WhatsApp's media id (`ref`). content_type and
+    filename are what the sender declared; the stored type is sniffed from the bytes."""
+
+    ref: str  # a URL (webhook) or a media id (WhatsApp)
+    kind: str | None = None  # image | audio | video | document | sticker, when the provider says
+    content_type: str | None = None
+    filename: str | None = None
+    caption: str | None = None
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A file as a provider served it."""
+
+    data: bytes
+    content_type: str | None  # what the provider said (Content-Type, mime_type): a hint only
+    filename: str | None = None
+
+
+class FetchError(Exception):
+    """A file could not be fetched: `reason` in words an agent can read ("attachment too
+    large", "could not download: ..."); temporary: worth trying again later."""
+
+    def __init__(self, reason: str, temporary: bool):
+        super().__init__(reason)
+        self.reason, self.temporary = reason, temporary
+
+
+@dataclass(frozen=True)
 class Inbound:
     """A message the provider reports: the contact's (from_me False) or an echo of one the
     business sent, from this inbox or from its phone (from_me True)."""
@@ -40,6 +73,7 @@ class Inbound:
     external_id: str | None
     name: str | None = None
     from_me: bool = False
+    attachments: tuple[MediaRef, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,6 +100,8 @@ class Adapter(Protocol):
     def parse(self, payload: dict) -> list[Inbound | StatusReport]: ...
 
     def send(self, outgoing: Outgoing) -> str: ...
+
+    def fetch_media(self, media: MediaRef, max_bytes: int, deadline: float) -> Fetched: ...
 
     def describe(self) -> dict: ...
 

@@ -1,19 +1,31 @@
 """The generic webhook channel: replies are POSTed as JSON to a URL the customer's system
 serves, signed with HMAC-SHA256 of the raw body; messages come in through POST /api/inbound and
-statuses through POST /api/status (the inbound bearer token, chat/api.py)."""
+statuses through POST /api/status (the inbound bearer token, chat/api.py). A message may
+point at files (`attachments`: their URLs), fetched later by a worker through `capped_download`,
+which the WhatsApp channel shares."""
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
-from typing import Mapping
+import time
+from typing import Callable, Mapping
+from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
 from ..models import WEBHOOK
-from . import Inbound, Outgoing, SendError, StatusReport, http_failure, network_failure
+from . import (Fetched, FetchError, Inbound, MediaRef, Outgoing, SendError, StatusReport, http_failure,
+               network_failure)
 
 SIGNATURE_HEADER = "X-Signature-256"
+USER_AGENT = "inbox-attachments/1"
+MAX_ATTACHMENTS = 10  # per message, as chat/attachments.MAX_PER_MESSAGE keeps
+MAX_FIELD_CHARS = 1000
+ATTACHMENT_FIELDS = ("url", "content_type", "filename", "caption")
+CHUNK_BYTES = 64 * 1024
+MAX_WAIT_SECONDS = 10.0  # the longest one read may wait for bytes, whatever the deadline
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -38,9 +50,19 @@ class WebhookChannel:
         return bool(self.secret) and hmac.compare_digest(given.encode(), sign(self.secret, raw_body).encode())
 
     def parse(self, payload: dict) -> list[Inbound | StatusReport]:
-        """The generic channel's own inbound shape (see api.inbound): one message per request."""
-        return [Inbound(phone=payload.get("phone"), body=payload.get("body"), external_id=payload.get("external_id"),
-                        name=payload.get("name"), from_me=bool(payload.get("from_me")))]
+        """The generic channel's own inbound shape (see api.inbound): one message per request.
+        Raises ValueError, naming the field, for attachments of a wrong shape."""
+        files = attachments_of(payload.get("attachments"))
+        body = payload.get("body")
+        if files and body is None:
+            body = ""  # a message may be only files
+        return [Inbound(phone=payload.get("phone"), body=body, external_id=payload.get("external_id"),
+                        name=payload.get("name"), from_me=bool(payload.get("from_me")), attachments=files)]
+
+    def fetch_media(self, media: MediaRef, max_bytes: int, deadline: float) -> Fetched:
+        """A plain GET of the attachment's URL (the sender's system serves it), capped and deadlined."""
+        data, served_type = capped_download(media.ref, {}, max_bytes, deadline)
+        return Fetched(data, content_type=media.content_type or served_type, filename=media.filename)
 
     def send(self, outgoing: Outgoing) -> str:
         if not self.url:
@@ -81,3 +103,144 @@ def _reason(response: requests.Response) -> str:
         pass
     text = f"the provider answered {response.status_code}"
     return f"{text}: {str(detail)[:200]}" if detail else text
+
+
+def attachments_of(value) -> tuple[MediaRef, ...]:
+    """The `attachments` of an inbound payload as MediaRefs; a ValueError names what is wrong."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ValueError("attachments must be a list")
+    if len(value) > MAX_ATTACHMENTS:
+        raise ValueError(f"attachments may have at most {MAX_ATTACHMENTS} items, not {len(value)}")
+    found = []
+    for index, item in enumerate(value):
+        where = f"attachments[{index}]"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where} must be an object with a url")
+        for name in ATTACHMENT_FIELDS:
+            field = item.get(name)
+            if field is not None and not isinstance(field, str):
+                raise ValueError(f"{where}.{name} must be a string")
+            if field is not None and len(field) > MAX_FIELD_CHARS:
+                raise ValueError(f"{where}.{name} must be at most {MAX_FIELD_CHARS} characters")
+        url = (item.get("url") or "").strip()
+        if not _is_http_url(url):
+            raise ValueError(f"{where}.url must be an http(s) URL")
+        found.append(MediaRef(ref=url, kind=None, content_type=item.get("content_type") or None,
+                              filename=item.get("filename") or None, caption=item.get("caption") or None))
+    return tuple(found)
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(ch.isspace() for ch in url)
+
+
+def capped_download(url: str, headers: Mapping[str, str], max_bytes: int, deadline: float, *,
+                    started: float | None = None,
+                    refusal: Callable[[requests.Response], FetchError] | None = None) -> tuple[bytes, str | None]:
+    """GET a file, streamed: (its bytes, its Content-Type). A FetchError as soon as more than
+    max_bytes arrived, or when time.monotonic() passes `deadline`, even from a server that sends
+    headers and then trickles bytes or nothing. `refusal` words a non-2xx answer."""
+    started = time.monotonic() if started is None else started
+    try:
+        response = requests.get(url, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers},
+                                stream=True, timeout=_wait(deadline, started))
+    except requests.Timeout:
+        raise _timed_out(deadline, started) from None
+    except requests.RequestException as exc:
+        raise FetchError(f"could not download: {_network_words(exc)}", temporary=True) from None
+    with response:
+        if response.status_code >= 300:
+            raise (refusal or http_refusal)(response)
+        declared = (response.headers.get("Content-Length") or "").strip()
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise too_large(int(declared), max_bytes)
+        chunks, size = [], 0
+        while True:
+            _limit_wait(response, _wait(deadline, started))
+            try:
+                # read1: whatever one read brings, so a trickle cannot hold us inside a read
+                chunk = response.raw.read1(CHUNK_BYTES)
+            except urllib3.exceptions.ReadTimeoutError:
+                raise _timed_out(deadline, started) from None
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise FetchError(f"could not download: the connection broke ({type(exc).__name__})",
+                                 temporary=True) from None
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > max_bytes:
+                raise too_large(None, max_bytes)
+            chunks.append(chunk)
+        return b"".join(chunks), response.headers.get("Content-Type")
+
+
+def http_refusal(response: requests.Response) -> FetchError:
+    """A server that would not give the file: 404/410 gone, 429 and 5xx worth trying later."""
+    status = response.status_code
+    if status in (404, 410):
+        return FetchError(f"could not download: the file is no longer there (HTTP {status})", temporary=False)
+    if status in (401, 403):
+        return FetchError(f"could not download: the server refused access to the file (HTTP {status})",
+                          temporary=False)
+    temporary = status == 429 or status >= 500
+    return FetchError(f"could not download: the server answered {status}", temporary=temporary)
+
+
+def too_large(size: int | None, max_bytes: int) -> FetchError:
+    told = f"{human_size(size)}, the limit is" if size is not None else "over the limit of"
+    return FetchError(f"attachment too large ({told} {human_size(max_bytes)})", temporary=False)
+
+
+def too_slow(deadline: float, started: float) -> FetchError:
+    allowed = f"{max(0.0, deadline - started):.1f}".removesuffix(".0")
+    return FetchError(f"could not download: it took longer than {allowed} s", temporary=True)
+
+
+def remaining_or_fail(deadline: float, started: float) -> float:
+    """The seconds left before `deadline`, or too_slow when none."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise too_slow(deadline, started)
+    return left
+
+
+def human_size(n: int) -> str:
+    """A size for people: "512 B", "1.5 KB", "7.2 MB" (1 KB = 1024 B)."""
+    if n < 1024:
+        return f"{n} B"
+    units, unit, value = ("KB", "MB", "GB", "TB"), 0, n / 1024
+    while round(value) >= 1024 and unit < len(units) - 1:
+        value, unit = value / 1024, unit + 1
+    shown = f"{value:.1f}".removesuffix(".0") if value < 9.95 else f"{round(value)}"
+    return f"{shown} {units[unit]}"
+
+
+def _timed_out(deadline: float, started: float) -> FetchError:
+    """One wait ran out: the whole deadline, or the longest a single read may wait."""
+    if time.monotonic() >= deadline - 0.05:
+        return too_slow(deadline, started)
+    return FetchError(f"could not download: the server sent nothing for {MAX_WAIT_SECONDS:g} s", temporary=True)
+
+
+def _wait(deadline: float, started: float) -> float:
+    return min(remaining_or_fail(deadline, started), MAX_WAIT_SECONDS)
+
+
+def _limit_wait(response: requests.Response, seconds: float) -> None:
+    """The next read waits at most `seconds` (requests sets its read timeout once, per request)."""
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    if sock is not None:
+        sock.settimeout(seconds)
+
+
+def _network_words(exc: Exception) -> str:
+    if isinstance(exc, requests.ConnectionError):
+        return "could not connect to the server"
+    return f"the request failed ({type(exc).__name__})"

@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from typing import Mapping
+from urllib.parse import quote
 
 import requests
 
 from ..models import WHATSAPP
-from . import Inbound, Outgoing, SendError, StatusReport, http_failure, network_failure
+from . import (Fetched, FetchError, Inbound, MediaRef, Outgoing, SendError, StatusReport, http_failure,
+               network_failure)
+from .webhook import USER_AGENT, capped_download, remaining_or_fail, too_large, too_slow
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 DEFAULT_GRAPH_URL = "https://graph.facebook.com/v23.0"
+# Message types that carry one file (an object of the type's name with the media id), and which
+# of them may have a caption; a document also has its filename.
+MEDIA_KINDS = ("image", "audio", "video", "document", "sticker")
+CAPTIONED = ("image", "video", "document")
+GONE = "WhatsApp no longer has this file (media expire after 30 days)"
 
 # Meta's error codes in words an agent can act on (the rest show Meta's own title).
 ERROR_WORDS = {
@@ -110,7 +119,8 @@ class WhatsAppChannel:
         return phone_number_ids(payload) == {self.phone_number_id}
 
     def parse(self, payload: dict) -> list[Inbound | StatusReport]:
-        """Text messages, echoes and statuses of a notification; other kinds are skipped."""
+        """Text and media messages, their echoes, and statuses of a notification; other kinds
+        (reactions, locations, ...) and malformed ones are skipped."""
         found: list[Inbound | StatusReport] = []
         for entry in _list(payload.get("entry")):
             for change in _list(_dict(entry).get("changes")):
@@ -118,15 +128,16 @@ class WhatsAppChannel:
                 names = {str(c.get("wa_id")): _dict(c.get("profile")).get("name")
                          for c in _list(value.get("contacts")) if isinstance(c, dict)}
                 for message in _list(value.get("messages")):
-                    text = _text_of(message)
-                    if text is not None and message.get("from"):
-                        found.append(Inbound(phone=phone_of(message["from"]), body=text,
-                                             external_id=message.get("id"), name=names.get(str(message["from"]))))
+                    content = _content_of(message)
+                    if content is not None and message.get("from"):
+                        found.append(Inbound(phone=phone_of(message["from"]), body=content[0],
+                                             external_id=message.get("id"), name=names.get(str(message["from"])),
+                                             attachments=content[1]))
                 for echo in _list(value.get("message_echoes")):
-                    text = _text_of(echo)
-                    if text is not None and echo.get("to"):
-                        found.append(Inbound(phone=phone_of(echo["to"]), body=text, external_id=echo.get("id"),
-                                             from_me=True))
+                    content = _content_of(echo)
+                    if content is not None and echo.get("to"):
+                        found.append(Inbound(phone=phone_of(echo["to"]), body=content[0], external_id=echo.get("id"),
+                                             from_me=True, attachments=content[1]))
                 for status in _list(value.get("statuses")):
                     if not isinstance(status, dict) or not status.get("id") or not status.get("status"):
                         continue
@@ -176,6 +187,68 @@ class WhatsAppChannel:
             raise SendError("WhatsApp accepted the message but answered no id", temporary=False)
         return str(messages[0]["id"])
 
+    def fetch_media(self, media: MediaRef, max_bytes: int, deadline: float) -> Fetched:
+        """A media id's file: its URL and size from GET {graph}/{media id}, then its bytes from
+        that URL, both with the access token; refused before downloading when Meta says it is
+        larger than max_bytes."""
+        started = time.monotonic()
+        if not self.access_token:
+            raise FetchError("could not download: the WhatsApp channel has no access token", temporary=False)
+        auth = {"Authorization": f"Bearer {self.access_token}"}
+        try:
+            response = requests.get(f"{self.graph_url}/{quote(media.ref, safe='')}",
+                                    headers={"User-Agent": USER_AGENT, **auth},
+                                    timeout=min(remaining_or_fail(deadline, started), self.timeout))
+        except requests.Timeout:
+            raise (too_slow(deadline, started) if time.monotonic() >= deadline - 0.05 else
+                   FetchError("could not download: WhatsApp did not answer in time", temporary=True)) from None
+        except requests.RequestException:
+            raise FetchError("could not download: could not connect to WhatsApp", temporary=True) from None
+        try:
+            info = response.json()
+        except ValueError:
+            info = None
+        if response.status_code >= 300 or not isinstance(info, dict) or "error" in info:
+            raise media_refusal(response)
+        url = info.get("url")
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise FetchError("could not download: WhatsApp answered no URL for the file", temporary=True)
+        size = _size(info.get("file_size"))
+        if size is not None and size > max_bytes:
+            raise too_large(size, max_bytes)
+        data, served_type = capped_download(url, auth, max_bytes, deadline, started=started, refusal=media_refusal)
+        declared = info.get("mime_type") if isinstance(info.get("mime_type"), str) else None
+        if served_type and served_type.startswith("text/html") and not (declared or "").startswith("text/html"):
+            # What Meta's media host serves a client it does not take for an API client.
+            raise FetchError("could not download: WhatsApp answered a web page instead of the file", temporary=False)
+        return Fetched(data, content_type=declared or media.content_type or served_type, filename=media.filename)
+
+
+def media_refusal(response: requests.Response) -> FetchError:
+    """Meta would not give a media file (its URL or its bytes), in words an agent can act on."""
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    error = data.get("error") if isinstance(data, dict) and isinstance(data.get("error"), dict) else {}
+    status = response.status_code if response.status_code >= 300 else 502
+    try:
+        code = int(error.get("code"))
+    except (TypeError, ValueError):
+        code = None
+    title = error.get("message") if isinstance(error.get("message"), str) else None
+    meta = f" (WhatsApp error {code}: {title})" if code is not None and title else \
+        f" (WhatsApp error {code})" if code is not None else f" (HTTP {status})"
+    if code in TEMPORARY_CODES or status == 429 or status >= 500:
+        words = ERROR_WORDS.get(code) or f"WhatsApp answered {status}"
+        return FetchError(f"could not download: {words}{meta}"[:500], temporary=True)
+    if code in (190, 10) or status in (401, 403):
+        words = error_reason(code, title) if code is not None else f"WhatsApp refused the access token{meta}"
+        return FetchError(f"could not download: {words}", temporary=False)
+    if status in (400, 404, 410):
+        return FetchError(f"could not download: {GONE}{meta}"[:500], temporary=False)
+    return FetchError(f"could not download: WhatsApp answered {status}{meta}"[:500], temporary=False)
+
 
 def _raise(error: SendError):
     raise error
@@ -190,8 +263,38 @@ def _dict(value) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _text_of(message) -> str | None:
-    if isinstance(message, dict) and message.get("type") == "text":
+def _content_of(message) -> tuple[str, tuple[MediaRef, ...]] | None:
+    """A message's body and files: a text, or one media object with its caption as the body;
+    None for the kinds we skip and for malformed ones (a media object without an id)."""
+    if not isinstance(message, dict):
+        return None
+    kind = message.get("type")
+    if kind == "text":
         body = _dict(message.get("text")).get("body")
-        return body if isinstance(body, str) else None
+        return (body, ()) if isinstance(body, str) else None
+    if kind not in MEDIA_KINDS or not isinstance(message.get(kind), dict):
+        return None
+    media = message[kind]
+    media_id = media.get("id")
+    if not isinstance(media_id, str) or not media_id.strip():
+        return None
+    caption = _str(media.get("caption")) if kind in CAPTIONED else None
+    return caption or "", (MediaRef(ref=media_id.strip(), kind=kind, content_type=_str(media.get("mime_type")),
+                                    filename=_str(media.get("filename")) if kind == "document" else None,
+                                    caption=caption),)
+
+
+def _str(value) -> str | None:
+    """An optional text field: a string that says something, else None (a wrong type is ignored)."""
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _size(value) -> int | None:
+    """Meta's file_size: a number, or a string of digits in some answers."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
     return None

@@ -1,0 +1,113 @@
+"""Attachments as an agent sees them, in Chromium against a live gunicorn whose embedded worker
+fetches the files from the provider (tests/provider.py's server): a customer's photo arrives
+while Ana has the conversation open (first "Receiving…", then its thumbnail, live, no reload);
+with the server stopped, a reload still shows it (the thumbnail is immutable and private: the
+browser keeps it, and the thread's snapshot names it)."""
+from __future__ import annotations
+
+import io
+import os
+import time
+
+import pytest
+from PIL import Image, ImageDraw
+
+from tests.live import ROOT, LiveServer, log_in, new_page, row
+from tests.provider import FakeProvider
+
+PHONE = "+5511944441234"
+
+
+@pytest.fixture(scope="module")
+def provider():
+    with FakeProvider() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    live = LiveServer(tmp_path_factory.mktemp("attachments-browser"),
+                      seed=("--agents", "3", "--conversations", "20", "--messages", "60"))
+    live.start()
+    yield live
+    live.cleanup()
+
+
+@pytest.fixture
+def open_page(browser, server):
+    contexts, errors = [], []
+
+    def _open():
+        page = new_page(browser, server.base, errors)
+        contexts.append(page.context)
+        return page
+
+    yield _open
+    for context in contexts:
+        context.close()
+    assert not errors, "the browser reported errors:\n" + "\n".join(errors)
+
+
+def photo() -> bytes:
+    """A recognisable picture: a parcel with a torn corner."""
+    image = Image.new("RGB", (1200, 900), (226, 232, 240))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((250, 200, 950, 750), fill=(180, 130, 70), outline=(90, 60, 30), width=12)
+    draw.line((250, 470, 950, 470), fill=(230, 210, 160), width=40)
+    draw.polygon([(950, 200), (800, 200), (950, 380)], fill=(226, 232, 240))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+def loaded(image) -> bool:
+    return image.evaluate("img => img.complete && img.naturalWidth > 0")
+
+
+def test_a_customers_photo_shows_live_then_offline(open_page, server, provider):
+    from playwright.sync_api import expect
+
+    server.inbound(phone=PHONE, name="Paula Parcel", body="my order came like this",
+                   external_id=f"paula-1-{time.time()}")
+    page = open_page()
+    log_in(page, "ana@example.com")
+    # A device the agent used before: the service worker controls the page and keeps it.
+    page.wait_for_function("() => navigator.serviceWorker && !!navigator.serviceWorker.controller", timeout=10_000)
+    page.reload()
+    page.wait_for_function("() => window.__inboxSocketConnected === true", timeout=10_000)
+    row(page, "Paula Parcel").get_by_role("link").click()
+    pane = page.locator("#conversation-pane")
+    expect(pane.get_by_role("heading", name="Paula Parcel")).to_be_visible()
+
+    url = provider.serve_file("/files/parcel.jpg", photo(), "image/jpeg")
+    server.inbound(phone=PHONE, body="", external_id=f"paula-2-{time.time()}",
+                   attachments=[{"url": url, "filename": "parcel.jpg", "caption": "the box, torn"}])
+    thumb = pane.locator(".attachment.image img")
+    expect(thumb).to_be_visible(timeout=10_000)
+    page.wait_for_function("() => { const i = document.querySelector('.attachment.image img');"
+                           " return i && i.complete && i.naturalWidth > 0; }", timeout=10_000)
+    assert thumb.get_attribute("alt") == "the box, torn"
+    expect(pane.locator(".caption")).to_have_text("the box, torn")
+    # A click opens the full file (a new tab: the image, inline, as sniffed).
+    with page.context.expect_page() as opened:
+        pane.locator(".attachment.image").click()
+    full = opened.value
+    full.wait_for_load_state()
+    assert full.evaluate("document.contentType") == "image/jpeg"
+    full.close()
+    if os.environ.get("CHAT_SCREENSHOTS") == "1":
+        page.mouse.move(0, 0)
+        page.screenshot(path=str(ROOT / "docs" / "attachments.png"))
+
+    time.sleep(0.3)  # the snapshot of the last swap is written after settling
+    server.stop()
+    try:
+        expect(page.locator("#offline-banner")).to_be_visible(timeout=10_000)
+        page.reload()
+        expect(page.locator("#offline-banner")).to_be_visible(timeout=10_000)
+        again = page.locator("#conversation-pane .attachment.image img")
+        expect(again).to_be_visible()
+        page.wait_for_function("() => { const i = document.querySelector('.attachment.image img');"
+                               " return i && i.complete && i.naturalWidth > 0; }", timeout=5_000)
+    finally:
+        server.start()
