@@ -7,7 +7,7 @@ from functools import wraps
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from . import catalog, delivery, domain, fragments, metrics, queries, reads, throttle
+from . import catalog, delivery, domain, fragments, metrics, queries, reads, throttle, uploads
 from .channels.webhook import attachments_of
 from .errors import DomainError, InvalidInput, NotFound, UnsupportedMediaType
 from .responses import json_error
@@ -128,14 +128,31 @@ def reply(conversation_id: int):
     """201 with the new message; with an Idempotency-Key header a retry gets 200 and the same one.
     With "private": true it is a note (agents only, never sent; its @mentions told), and the answer
     also names the agents it mentions who may not see the conversation ("not_notified")."""
-    data = _json_body("body", "private")
-    private = data.get("private", False)
-    if not isinstance(private, bool):
-        raise InvalidInput("private must be true or false")
-    sent = domain.send_message(conversation_id, g.agent, data.get("body"), request.headers.get("Idempotency-Key"),
-                               private)
+    body, private = _reply_fields()
+    with uploads.stored(request.files.getlist("file")) as files:
+        sent = domain.send_message(conversation_id, g.agent, body, request.headers.get("Idempotency-Key"), private,
+                                   files.files)
+        files.keep_if(sent.created)
     extra = {"not_notified": list(sent.not_notified)} if private else {}
+    if sent.also:  # one message per file: the first is `data`, the others follow
+        extra["parts"] = [queries.message_dict(m) for m in sent.also]
     return ok(queries.message_dict(sent.message), 201 if sent.created else 200, **extra)
+
+
+def _reply_fields() -> tuple[object, bool]:
+    """A reply's body and private flag: JSON {"body", "private"}, or multipart/form-data with
+    `body`, `private` (true/1) and `file` fields (read by the caller), up to the files' limit."""
+    if request.mimetype != "multipart/form-data":
+        data = _json_body("body", "private")
+        private = data.get("private", False)
+        if not isinstance(private, bool):
+            raise InvalidInput("private must be true or false")
+        return data.get("body"), private
+    request.max_content_length = uploads.max_request_bytes()
+    unknown = sorted(set(request.form) - {"body", "private"} | set(request.files) - {"file"})
+    if unknown:
+        raise InvalidInput(f"unknown fields: {', '.join(unknown)}")
+    return request.form.get("body", ""), request.form.get("private", "").lower() in ("true", "1")
 
 
 @bp.post("/conversations/<int:conversation_id>/accept")

@@ -185,6 +185,38 @@ def _finish(attachment_id: int, token: str, state: str, reason: str | None, **va
     return moved
 
 
+# -- links for the provider's side -----------------------------------------------------------------
+LINK_SALT = "chat.attachment-link"
+
+
+def public_link(attachment_id: int) -> str | None:
+    """An absolute link to a file that works without signing in (the customer's system fetches
+    an agent's file from it), signed with SECRET_KEY and valid ATTACHMENT_LINK_DAYS; None
+    without PUBLIC_URL (this inbox's address as the outside world reaches it)."""
+    from itsdangerous import URLSafeTimedSerializer
+
+    base = current_app.config.get("PUBLIC_URL")
+    if not base:
+        return None
+    token = URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=LINK_SALT).dumps(attachment_id)
+    return f"{base.rstrip('/')}/files/{token}"
+
+
+def from_link(token: str) -> Attachment:
+    """The stored file a public_link names, while the link is valid; else NotFound."""
+    from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+    signer = URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=LINK_SALT)
+    try:
+        attachment_id = signer.loads(token, max_age=current_app.config["ATTACHMENT_LINK_DAYS"] * 86400)
+    except BadSignature:  # tampered with, or expired (SignatureExpired is one)
+        raise NotFound("this link is not valid (any more)") from None
+    row = db.session.get(Attachment, attachment_id) if isinstance(attachment_id, int) else None
+    if row is None or row.state != STORED or not row.storage_key:
+        raise NotFound("attachment not found")
+    return row
+
+
 # -- the reader's side ----------------------------------------------------------------------
 def visible(agent: Agent, attachment_id: int) -> Attachment:
     """An attachment of a conversation the agent may see, stored; else NotFound (another agent's

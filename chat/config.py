@@ -68,12 +68,23 @@ class Config:
     # ATTACHMENT_MAX_BYTES_<KIND> to change one; storage: chat/storage.py.
     ATTACHMENT_FETCH_SECONDS = float(os.environ.get("ATTACHMENT_FETCH_SECONDS") or 60)
     ATTACHMENT_MAX_ATTEMPTS = int(os.environ.get("ATTACHMENT_MAX_ATTEMPTS") or 5)
+    # The largest file of each kind, in bytes (None: WhatsApp's own limit, chat/media_types.LIMITS).
+    ATTACHMENT_MAX_BYTES_IMAGE = os.environ.get("ATTACHMENT_MAX_BYTES_IMAGE")
+    ATTACHMENT_MAX_BYTES_AUDIO = os.environ.get("ATTACHMENT_MAX_BYTES_AUDIO")
+    ATTACHMENT_MAX_BYTES_VIDEO = os.environ.get("ATTACHMENT_MAX_BYTES_VIDEO")
+    ATTACHMENT_MAX_BYTES_DOCUMENT = os.environ.get("ATTACHMENT_MAX_BYTES_DOCUMENT")
+    ATTACHMENT_MAX_BYTES_STICKER = os.environ.get("ATTACHMENT_MAX_BYTES_STICKER")
     ATTACHMENT_STORAGE = os.environ.get("ATTACHMENT_STORAGE", "disk")
     ATTACHMENT_DIR = os.environ.get("ATTACHMENT_DIR")  # None: instance/attachments
     ATTACHMENT_S3_BUCKET = os.environ.get("ATTACHMENT_S3_BUCKET")
     ATTACHMENT_S3_ENDPOINT_URL = os.environ.get("ATTACHMENT_S3_ENDPOINT_URL")
     ATTACHMENT_S3_REGION = os.environ.get("ATTACHMENT_S3_REGION")
     ATTACHMENT_S3_PREFIX = os.environ.get("ATTACHMENT_S3_PREFIX", "")
+    # This inbox's address as the outside world reaches it (https://inbox.example.com): the
+    # generic webhook sends the customer's system signed links to an agent's files under it,
+    # valid this many days.
+    PUBLIC_URL = os.environ.get("PUBLIC_URL")
+    ATTACHMENT_LINK_DAYS = float(os.environ.get("ATTACHMENT_LINK_DAYS") or 7)
     # Channels from the environment, for a demo or a single-channel deployment (admin pages for
     # the rest): the generic webhook channel and the WhatsApp Cloud API channel.
     CHANNEL_WEBHOOK_URL = os.environ.get("CHANNEL_WEBHOOK_URL")

@@ -21,12 +21,12 @@ from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
-from .channels import Outgoing, SendError
+from .channels import OutFile, Outgoing, SendError
 from .errors import Conflict, InvalidInput, NotFound
 from .extensions import db
 from .models import (
-    DELIVERED, FAILED, NONE, PROVIDER_STATUSES, QUEUED, READ, SENDING, SENT,
-    Channel, Contact, Conversation, Delivery, DeliveryStatus, Message, utcnow,
+    DELIVERED, FAILED, NONE, PROVIDER_STATUSES, QUEUED, READ, SENDING, SENT, STORED,
+    Attachment, Channel, Contact, Conversation, Delivery, DeliveryStatus, Message, utcnow,
 )
 from .visibility import Agent, get_visible_conversation
 
@@ -94,6 +94,7 @@ class Claim:
     channel_kind: str
     channel_settings: dict
     outgoing: Outgoing
+    file_key: str | None = None  # where the reply's file is in storage (the worker reads its bytes)
 
 
 def _settings(name: str):
@@ -164,8 +165,13 @@ def claim() -> Claim | None:
         key = str(message.id) if not message.delivery_retries else f"{message.id}-retry-{message.delivery_retries}"
         # Read before the commit: after it the rows are expired, and reading them would open a
         # transaction that stays open (locks and a snapshot held) for the whole send.
+        file = db.session.scalar(select(Attachment).where(Attachment.message_id == message.id, Attachment.state == STORED)
+                                 .order_by(Attachment.id).limit(1))
         held = Claim(delivery.id, token, attempt, channel.kind, dict(channel.settings or {}),
-                     Outgoing(message.id, key, phone, message.body, message.conversation_id))
+                     Outgoing(message.id, key, phone, message.body, message.conversation_id,
+                              OutFile(file.id, file.kind, file.content_type, file.filename, file.size or 0)
+                              if file is not None else None),
+                     file.storage_key if file is not None else None)
         _set_state(message.id, message.conversation_id, SENDING, None, (QUEUED, SENDING),
                    delivery_attempts=Message.delivery_attempts + 1)
         db.session.commit()

@@ -366,6 +366,7 @@ class SentNote(NamedTuple):
     created: bool  # False: a retry; the key's note already existed and nothing changed
     # Agents the note names (@Name) who may not see the conversation: not told (empty on a retry).
     not_notified: tuple[str, ...] = ()
+    also: tuple[Message, ...] = ()  # a reply's further parts: one message per further file
 
 
 def write_note(
@@ -412,8 +413,8 @@ def send_message(conversation_id: int, agent: Agent, body: object, idempotency_k
         if files:
             raise InvalidInput("a private note cannot carry files (only replies do)")
         return write_note(conversation_id, agent, body, idempotency_key)
-    message, created = send_reply(conversation_id, agent, body, idempotency_key, files)
-    return SentNote(message, created)
+    sent = send_reply(conversation_id, agent, body, idempotency_key, files)
+    return SentNote(sent.message, sent.created, also=sent.also)
 
 
 MENTION_SIGN = re.compile(r"(?<!\w)@")  # an @ that starts a word: "ana@example.com" mentions nobody

@@ -2,7 +2,8 @@
 
 GET /attachments/<id> (the file) and /attachments/<id>/thumbnail (an image's small WebP, made
 once by the worker): signed out, the sign-in page (401 for htmx); another agent's conversation,
-404, by the same visibility rule as everything else. A file never runs as a page of ours: only
+404, by the same visibility rule as everything else. GET /files/<signed token>: an agent's file
+for the customer's system, which the generic webhook sends that link (chat/attachments.py). A file never runs as a page of ours: only
 images, audio and video are shown inline, everything else downloads (Content-Disposition:
 attachment), its type is the one sniffed from its bytes, and nosniff plus a sandboxing CSP
 keep a browser from guessing otherwise. An attachment's bytes never change, so browsers keep
@@ -24,24 +25,28 @@ INLINE = ("image/", "audio/", "video/")
 YEAR = 365 * 24 * 3600
 
 
-@bp.before_request
-@login_required
-def require_login():
-    """Every file needs a signed-in agent."""
-
-
 @bp.get("/attachments/<int:attachment_id>")
+@login_required
 def attachment(attachment_id: int):
     row = attachments.visible(current_user, attachment_id)
     return _send(row.storage_key, row.content_type, row.filename, row.content_type.startswith(INLINE))
 
 
 @bp.get("/attachments/<int:attachment_id>/thumbnail")
+@login_required
 def thumbnail(attachment_id: int):
     row = attachments.visible(current_user, attachment_id)
     if not row.thumb_key:
         return attachment(attachment_id)  # no thumbnail (not an image Pillow reads): the file
     return _send(row.thumb_key, "image/webp", row.filename.rsplit(".", 1)[0] + "-thumbnail.webp", True)
+
+
+@bp.get("/files/<token>")
+def link(token: str):
+    """An agent's file for the customer's system (the generic webhook sent it this signed,
+    expiring link): no session, always a download."""
+    row = attachments.from_link(token)
+    return _send(row.storage_key, row.content_type, row.filename, False)
 
 
 def _send(key: str, content_type: str, filename: str, inline: bool):

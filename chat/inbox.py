@@ -10,7 +10,7 @@ from flask import Blueprint, abort, flash, make_response, redirect, render_templ
 from flask_login import current_user, login_required
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from . import delivery, domain, fragments, reads
+from . import delivery, domain, fragments, reads, uploads
 from .errors import DomainError, NotFound
 from .extensions import db
 from .fragments import CONVERSATION_LIST, CONVERSATION_PANE, MENTIONS, MESSAGES, TAB_COUNTS
@@ -135,13 +135,16 @@ def reply(conversation_id: int):
     """Send a reply, or with private=1 (the pane's "Private note" switch) store a note: 201 with
     the pane; a retry with the same idempotency key (form field or Idempotency-Key header) stores
     nothing and answers 200 with the same pane."""
-    body = request.form.get("body", "")
+    request.max_content_length = uploads.max_request_bytes()  # files: the reply box's `file` fields
     key = request.form.get("idempotency_key", request.headers.get("Idempotency-Key"))
     private = request.form.get("private", "") not in ("", "0")  # anything else: a note, never sent
     sent = {}
 
     def action():
-        sent["it"] = domain.send_message(conversation_id, current_user, body, key, private)
+        with uploads.stored(request.files.getlist("file")) as files:
+            sent["it"] = domain.send_message(conversation_id, current_user, request.form.get("body", ""), key,
+                                             private, files.files)
+            files.keep_if(sent["it"].created)
 
     response = make_response(_answer_action(conversation_id, action, notice=lambda: _not_told(sent.get("it"))))
     if "it" in sent and sent["it"].created and response.status_code == 200:

@@ -23,7 +23,7 @@ bp = Blueprint("offline", __name__)
 BUNDLES = {
     "base": ("vendor/htmx.min.js", "vendor/idiomorph-ext.min.js", "app.js"),
     "client": ("vendor/socket.io.min.js", "client/store.js", "client/snapshots.js", "client/live.js",
-               "client/drafts.js", "client/outbox.js", "client/notify.js", "client/offline.js"),
+               "client/drafts.js", "client/outbox.js", "client/files.js", "client/notify.js", "client/offline.js"),
 }
 # The shell the worker keeps: the stylesheet, the bundles, and the page for what was never seen.
 SHELL = ("app.css", "bundle:base", "bundle:client", "offline.html")

@@ -47,7 +47,7 @@ def work_once() -> bool:
     lease_ends = time.monotonic() + _setting("DELIVERY_LEASE_SECONDS")
     try:
         adapter = adapter_for(held.channel_kind, held.channel_settings, send_timeout())
-        provider_id = adapter.send(held.outgoing)
+        provider_id = adapter.send(_with_file(held))
     except SendError as error:
         log.info("delivery %s attempt %s: %s (%s)", held.delivery_id, held.attempt, error.reason,
                  "temporary" if error.temporary else "permanent")
@@ -59,6 +59,26 @@ def work_once() -> bool:
     else:
         _record(lease_ends, held, delivery.record_sent, provider_id)
     return True
+
+
+def _with_file(held: delivery.Claim):
+    """The reply as its channel needs it: with its file's bytes (WhatsApp uploads them) and a
+    signed link the customer's system can fetch it from (the generic webhook sends that)."""
+    from dataclasses import replace
+
+    from . import attachments
+    from .storage import StorageError, storage
+
+    outgoing = held.outgoing
+    if outgoing.file is None or held.file_key is None:
+        return outgoing
+    try:
+        data = storage().get(held.file_key)
+    except (KeyError, StorageError) as exc:
+        raise SendError(f"could not read the file from storage ({type(exc).__name__})",
+                        temporary=not isinstance(exc, KeyError)) from None
+    return replace(outgoing, file=replace(outgoing.file, data=data,
+                                          url=attachments.public_link(outgoing.file.attachment_id)))
 
 
 def fetch_once() -> bool:

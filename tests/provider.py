@@ -20,6 +20,15 @@ never counted as accepted sends):
         # then GET that url (the token again) -> the bytes
         provider.downloads()                   # the GETs of bytes it answered (not Graph's JSON)
 
+It takes a file an agent sends on WhatsApp as Graph does: POST /v23.0/<phone id>/media, multipart
+(messaging_product=whatsapp, type=<mime type>, file=<the bytes, named and typed>) -> {"id"}; then
+the message of that kind names the id (an id it never gave out, or a caption on audio or a
+sticker: 400, as Graph refuses them). An upload is one request of the script: script("500")
+fails it, "400" answers Graph's media upload error (131053), "no-id" a 200 without an id.
+
+        provider.uploads                       # what it took: Upload(media_id, data, content_type,
+                                               # filename, type), in order; never counted as sends
+
 File modes: "ok", "hang" (headers, then no byte for hang_seconds), "trickle" (a byte every
 0.2 s), "endless" (64 KB chunks until the client hangs up), "500", "expired" (a media id Graph
 no longer knows: 400, code 100, subcode 33, as Graph answers; a plain file: 404), "gone" (the
@@ -34,6 +43,8 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -42,6 +53,10 @@ from bench.common import free_port
 WHATSAPP_TOKEN = "test-whatsapp-access-token"
 PHONE_NUMBER_ID = "106540352242922"
 MEDIA_PATH = "/whatsapp_business/attachments/"  # where Graph's media URLs point, as lookaside's do
+MESSAGES_PATH = f"/v23.0/{PHONE_NUMBER_ID}/messages"
+UPLOAD_PATH = f"/v23.0/{PHONE_NUMBER_ID}/media"
+MEDIA_KINDS = ("image", "audio", "video", "document", "sticker")
+CAPTIONED = ("image", "video", "document")
 _BAD_TOKEN = {"error": {"message": "Invalid OAuth access token.", "type": "OAuthException", "code": 190,
                         "fbtrace_id": "AbCdEf"}}
 
@@ -60,6 +75,17 @@ class Received:
     @property
     def key(self) -> str | None:
         return self.headers.get("idempotency-key")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file Graph took at POST /media: the id it answered and the form's parts as received."""
+
+    media_id: str
+    data: bytes
+    content_type: str | None  # the file part's Content-Type
+    filename: str | None  # the file part's filename
+    type: str | None  # the `type` field (the mime type the client declared)
 
 
 @dataclass
@@ -93,6 +119,7 @@ class FakeProvider:
         self._server: ThreadingHTTPServer | None = None
         self._files: dict[str, ServedFile] = {}  # path -> a plain file
         self._media: dict[str, ServedFile] = {}  # WhatsApp media id -> its file
+        self.uploads: list[Upload] = []  # files taken at POST /media, in order
         self._stopping = threading.Event()  # ends hanging answers when the server stops
 
     # -- control ---------------------------------------------------------------------------
@@ -219,7 +246,7 @@ class FakeProvider:
         if whatsapp and headers.get("authorization") != f"Bearer {WHATSAPP_TOKEN}":
             return self._answer(handler, received, 401, {"error": {"message": "Invalid OAuth access token.",
                                                                   "type": "OAuthException", "code": 190}})
-        if whatsapp and handler.path != f"/v23.0/{PHONE_NUMBER_ID}/messages":
+        if whatsapp and handler.path not in (MESSAGES_PATH, UPLOAD_PATH):
             return self._answer(handler, received, 400, {"error": {"message": "Unsupported post request",
                                                                   "type": "GraphMethodException", "code": 100}})
         if signature_ok is False:
@@ -233,6 +260,9 @@ class FakeProvider:
             return self._answer(handler, received, 429, {"error": {"message": "Too many requests", "code": 130429}}
                                 if whatsapp else {"error": "slow down"}, {"Retry-After": self.retry_after})
         if mode == "400":
+            if handler.path == UPLOAD_PATH:
+                return self._answer(handler, received, 400, _graph_error(
+                    131053, "Media upload error", "Unable to upload the media used in the message"))
             if whatsapp:
                 return self._answer(handler, received, 400, {"error": {
                     "message": "(#131026) Message undeliverable", "type": "OAuthException", "code": self.meta_code,
@@ -241,6 +271,11 @@ class FakeProvider:
             return self._answer(handler, received, 422, {"error": "unknown recipient"})
         if mode == "no-id":
             return self._answer(handler, received, 200, {})
+        if handler.path == UPLOAD_PATH:
+            return self._take_upload(handler, received)
+        refusal = self._media_refusal(data) if whatsapp else None
+        if refusal is not None:
+            return self._answer(handler, received, 400, refusal)
         key = headers.get("idempotency-key") or (data or {}).get("biz_opaque_callback_data") or str(len(self.requests))
         with self._lock:
             provider_id = self._ids.setdefault(key, f"wamid.{key}.{len(self._ids)}" if whatsapp else f"prov-{key}")
@@ -251,6 +286,44 @@ class FakeProvider:
                                                          "contacts": [{"input": to, "wa_id": to}],
                                                          "messages": [{"id": provider_id}]})
         return self._answer(handler, received, 200, {"id": provider_id})
+
+    def _take_upload(self, handler, received: Received) -> None:
+        """Graph's POST /media: the form's fields checked as Graph checks them, the file kept."""
+        fields, file = form_parts(received.headers.get("content-type", ""), received.body)
+        for name in ("messaging_product", "type"):
+            if not fields.get(name):
+                return self._answer(handler, received, 400, _graph_error(100, f"The parameter {name} is required."))
+        if fields["messaging_product"] != "whatsapp":
+            return self._answer(handler, received, 400, _graph_error(
+                100, "Invalid parameter", "messaging_product must be whatsapp"))
+        if file is None:
+            return self._answer(handler, received, 400, _graph_error(100, "The parameter file is required."))
+        with self._lock:
+            media_id = str(4490709327384033 + len(self.uploads))
+            self.uploads.append(Upload(media_id, file.get_payload(decode=True) or b"", file.get_content_type(),
+                                       file.get_filename(), fields["type"]))
+            # Graph serves what was uploaded to its owner, as any media id (GET /<media id>).
+            self._media[media_id] = ServedFile(self.uploads[-1].data, fields["type"])
+        received.answered = "uploaded"
+        return self._answer(handler, received, 200, {"id": media_id})
+
+    def _media_refusal(self, message: dict | None) -> dict | None:
+        """Graph's 400 for a media message it would not take: no id of a file uploaded here, or
+        a caption on a kind that has none. None for one it takes (and for texts)."""
+        kind = (message or {}).get("type")
+        if kind not in MEDIA_KINDS:
+            return None
+        media = message.get(kind)
+        if not isinstance(media, dict) or not media.get("id"):
+            return _graph_error(100, f"The parameter {kind}['id'] is required.")
+        with self._lock:
+            uploaded = {upload.media_id for upload in self.uploads}
+        if str(media["id"]) not in uploaded:
+            return _graph_error(131053, "Media upload error", f"Media id {media['id']} was not uploaded to this "
+                                "phone number")
+        if "caption" in media and kind not in CAPTIONED:
+            return _graph_error(100, "Invalid parameter", f"Param {kind}['caption'] is not allowed for {kind}")
+        return None
 
     def _handle_get(self, handler: BaseHTTPRequestHandler) -> None:
         headers = {k.lower(): v for k, v in handler.headers.items()}
@@ -354,6 +427,30 @@ class FakeProvider:
             handler.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (its timeout): as with a real provider, it may have been sent
+
+
+def _graph_error(code: int, message: str, details: str | None = None) -> dict:
+    """Graph's error body: {"error": {message, type, code, error_data?, fbtrace_id}}."""
+    error = {"message": f"(#{code}) {message}", "type": "OAuthException", "code": code, "fbtrace_id": "AbCdEf"}
+    if details:
+        error["error_data"] = {"messaging_product": "whatsapp", "details": details}
+    return {"error": error}
+
+
+def form_parts(content_type: str, body: bytes):
+    """A multipart/form-data body: ({field name: text}, the `file` part or None). The stdlib
+    email parser reads it once told the Content-Type, as a MIME message's headers would."""
+    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    fields, file = {}, None
+    if not message.is_multipart():
+        return fields, file
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if name == "file":
+            file = part
+        elif name:
+            fields[name] = (part.get_payload(decode=True) or b"").decode("utf-8", "replace")
+    return fields, file
 
 
 def whatsapp_signature(app_secret: str, body: bytes) -> str:

@@ -396,3 +396,182 @@ def test_s3_storage_serves_the_same_files(s3_app, s3, provider):
     assert agent.get(f"/attachments/{row.id}/thumbnail").headers["Content-Type"] == "image/webp"
     assert f"/attachments/{row.id}/thumbnail" in agent.get(f"/conversations/{cid}/messages", htmx=True).get_data(
         as_text=True)
+
+
+# -- outbound: an agent's files ---------------------------------------------------------------------
+def api_headers(app, email: str = "ana@example.com") -> dict:
+    from chat import catalog
+
+    with app.app_context():
+        return {"Authorization": f"Bearer {catalog.issue_api_token(email)}"}
+
+
+def upload(data: bytes, name: str):
+    return (io.BytesIO(data), name)
+
+
+def test_a_reply_with_files_is_one_message_per_file(app, people):
+    cid, image = people["conversation"], png((500, 400))
+    headers = api_headers(app)
+    response = app.test_client().post(
+        f"/api/conversations/{cid}/messages", headers={**headers, "Idempotency-Key": "files-reply-1"},
+        data={"body": "Here is the label and the invoice", "file": [upload(image, "label.png"), upload(PDF, "inv.pdf")]},
+        content_type="multipart/form-data")
+    assert response.status_code == 201, response.get_data(as_text=True)
+    answer = response.get_json()
+    first, (second,) = answer["data"], answer["parts"]
+    assert first["body"] == "Here is the label and the invoice"  # the text rides on the image
+    assert [a["filename"] for a in first["attachments"]] == ["label.png"]
+    assert first["attachments"][0]["content_type"] == "image/png" and first["attachments"][0]["thumbnail_url"]
+    assert second["body"] == "" and [a["content_type"] for a in second["attachments"]] == ["application/pdf"]
+    assert first["delivery"]["state"] == second["delivery"]["state"] == "none"  # no channel in this app
+    stored = [p for p in Path(app.config["ATTACHMENT_DIR"]).rglob("*") if p.is_file()]
+    assert len(stored) == 3  # two files and the image's thumbnail
+    # The same request again (its answer was lost): nothing more stored, the same message.
+    again = app.test_client().post(
+        f"/api/conversations/{cid}/messages", headers={**headers, "Idempotency-Key": "files-reply-1"},
+        data={"body": "Here is the label and the invoice", "file": [upload(image, "label.png"), upload(PDF, "inv.pdf")]},
+        content_type="multipart/form-data")
+    assert again.status_code == 200 and again.get_json()["data"]["id"] == first["id"]
+    assert len([p for p in Path(app.config["ATTACHMENT_DIR"]).rglob("*") if p.is_file()]) == 3
+    agent = signed_in(app, "ana@example.com")
+    assert agent.get(first["attachments"][0]["url"]).data == image
+    # Audio cannot carry a caption: the text goes first, alone.
+    voice = app.test_client().post(f"/api/conversations/{cid}/messages", headers=headers, content_type="multipart/form-data",
+                                   data={"body": "listen", "file": [upload(OGG, "voice.ogg")]}).get_json()
+    assert voice["data"]["body"] == "listen" and voice["data"]["attachments"] == []
+    assert voice["parts"][0]["body"] == "" and voice["parts"][0]["attachments"][0]["kind"] == "audio"
+
+
+@pytest.mark.parametrize("fields, files, error", [
+    ({"body": "x"}, [(b"<html><script>alert(1)</script>", "page.html")], "page.html: file type not allowed (text/html)"),
+    ({"body": "x"}, [(b"", "empty.txt")], "empty.txt: empty file"),
+    ({"body": "x", "private": "true"}, [(PDF, "a.pdf")], "a private note cannot carry files (only replies do)"),
+    ({"body": ""}, None, "message body must not be empty"),
+    ({"body": "x", "other": "1"}, None, "unknown fields: other"),
+])
+def test_refused_uploads_store_nothing(app, people, fields, files, error):
+    """A good file first, then the bad one: the good one is taken out of storage again."""
+    cid = people["conversation"]
+    data = dict(fields)
+    if files is not None:
+        data["file"] = [upload(png(), "fine.png")] + [upload(content, name) for content, name in files]
+    response = app.test_client().post(f"/api/conversations/{cid}/messages", headers=api_headers(app),
+                                      data=data, content_type="multipart/form-data")
+    assert response.status_code == 400 and response.get_json() == {"error": error}
+    with app.app_context():
+        assert db.session.scalar(select(Attachment.id).limit(1)) is None
+        assert db.session.scalar(select(Message.id).where(Message.from_me.is_(True)).limit(1)) is None
+    assert [p for p in Path(app.config["ATTACHMENT_DIR"]).rglob("*") if p.is_file()] == []
+
+
+def test_the_reply_box_sends_files(app, people):
+    cid = people["conversation"]
+    ana = signed_in(app, "ana@example.com")
+    pane = ana.get(f"/conversations/{cid}", htmx=True).get_data(as_text=True)
+    assert 'hx-encoding="multipart/form-data"' in pane and 'name="file"' in pane
+    response = ana.client.post(f"/conversations/{cid}/messages", headers={"HX-Request": "true"},
+                               data={"body": "", "csrf_token": ana.csrf, "file": [upload(png(), "shot.png")]},
+                               content_type="multipart/form-data")
+    assert response.status_code == 201, response.get_data(as_text=True)
+    assert re.search(r'<img src="/attachments/\d+/thumbnail"', response.get_data(as_text=True))
+
+
+WEBHOOK_SECRET = "attachments-webhook-secret"
+
+
+@pytest.fixture
+def channel_app(request, database_url, cache_config, tmp_path, provider):
+    """The app with a channel pointed at the fake provider (the test's `kind`) and a PUBLIC_URL."""
+    kind = request.param
+    settings = dict(ATTACHMENT_DIR=str(tmp_path / "files"), PUBLIC_URL="https://inbox.example.com",
+                    DELIVERY_SEND_TIMEOUT=2, DELIVERY_BACKOFF_BASE=0.05, DELIVERY_BACKOFF_MAX=0.1,
+                    DELIVERY_MAX_ATTEMPTS=3)
+    if kind == "webhook":
+        provider.secret = WEBHOOK_SECRET
+        settings.update(CHANNEL_WEBHOOK_URL=provider.webhook_url, CHANNEL_WEBHOOK_SECRET=WEBHOOK_SECRET)
+    else:
+        settings.update(WHATSAPP_PHONE_NUMBER_ID=PHONE_NUMBER_ID, WHATSAPP_ACCESS_TOKEN=WHATSAPP_TOKEN,
+                        WHATSAPP_APP_SECRET=APP_SECRET, WHATSAPP_VERIFY_TOKEN="attachments-verify",
+                        WHATSAPP_GRAPH_URL=provider.graph_url)
+    for app in app_with_tables(make_config(database_url, **cache_config, **settings)):
+        with app.app_context():
+            ana = make_user("ana@example.com", "Ana")
+            app.config["TEST_CONVERSATION"] = make_conversation("+5511900001111", "Carla Cliente", "active",
+                                                                user=ana).id
+            db.session.commit()
+        yield app
+
+
+def send_files(app, body: str, files: list) -> dict:
+    response = app.test_client().post(f"/api/conversations/{app.config['TEST_CONVERSATION']}/messages",
+                                      headers=api_headers(app), content_type="multipart/form-data",
+                                      data={"body": body, "file": files})
+    assert response.status_code == 201, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def drain(app, limit: int = 20) -> int:
+    done = 0
+    with app.app_context():
+        while done < limit and worker.work_once():
+            done += 1
+    return done
+
+
+def states(app, ids) -> list[str]:
+    with app.app_context():
+        return [db.session.get(Message, i).delivery_state for i in ids]
+
+
+@pytest.mark.parametrize("channel_app", ["webhook"], indirect=True)
+def test_files_go_out_through_the_webhook_as_signed_links(channel_app, provider):
+    app, image = channel_app, png((300, 200))
+    sent = send_files(app, "the label", [upload(image, "label.png"), upload(PDF, "invoice.pdf")])
+    ids = [sent["data"]["id"], sent["parts"][0]["id"]]
+    assert drain(app) == 2
+    assert states(app, ids) == ["sent", "sent"]
+    posted = [r for r in provider.accepted()]
+    assert [r.json["type"] for r in posted] == ["image", "document"]  # in order, one file each
+    assert [r.json["body"] for r in posted] == ["the label", ""]
+    assert all(r.signature_ok for r in posted) and all(b"%PDF" not in r.body for r in posted)  # links, not bytes
+    links = [r.json["attachments"][0] for r in posted]
+    assert [(a["content_type"], a["filename"], a["size"]) for a in links] == [
+        ("image/png", "label.png", len(image)), ("application/pdf", "invoice.pdf", len(PDF))]
+    assert all(a["url"].startswith("https://inbox.example.com/files/") for a in links)
+    anonymous = app.test_client()  # the customer's system: no session, the link is the permission
+    got = anonymous.get(links[1]["url"].removeprefix("https://inbox.example.com"))
+    assert got.status_code == 200 and got.data == PDF and got.headers["Content-Disposition"].startswith("attachment")
+    assert anonymous.get(links[1]["url"].removeprefix("https://inbox.example.com") + "x").status_code == 404
+    app.config["ATTACHMENT_LINK_DAYS"] = -1  # every link has expired
+    assert anonymous.get(links[0]["url"].removeprefix("https://inbox.example.com")).status_code == 404
+
+
+@pytest.mark.parametrize("channel_app", ["webhook"], indirect=True)
+def test_without_public_url_a_file_reply_fails_saying_why(channel_app, provider):
+    app = channel_app
+    app.config["PUBLIC_URL"] = None
+    sent = send_files(app, "", [upload(PDF, "invoice.pdf")])
+    drain(app)
+    with app.app_context():
+        message = db.session.get(Message, sent["data"]["id"])
+        assert message.delivery_state == "failed" and "PUBLIC_URL" in message.delivery_reason
+    assert provider.accepted() == []
+
+
+@pytest.mark.parametrize("channel_app", ["whatsapp"], indirect=True)
+def test_files_go_out_through_whatsapp_uploaded_then_sent(channel_app, provider):
+    app, image = channel_app, png((300, 200))
+    sent = send_files(app, "the label", [upload(image, "label.png"), upload(PDF, "invoice.pdf"),
+                                         upload(OGG, "voice.ogg")])
+    ids = [sent["data"]["id"]] + [p["id"] for p in sent["parts"]]
+    assert drain(app) == 3
+    assert states(app, ids) == ["sent", "sent", "sent"]
+    assert [(u.data, u.type) for u in provider.uploads] == [
+        (image, "image/png"), (PDF, "application/pdf"), (OGG, "audio/ogg")]
+    messages = [r.json for r in provider.accepted()]
+    assert [m["type"] for m in messages] == ["image", "document", "audio"]
+    assert messages[0]["image"] == {"id": provider.uploads[0].media_id, "caption": "the label"}
+    assert messages[1]["document"]["id"] == provider.uploads[1].media_id
+    assert messages[1]["document"]["filename"] == "invoice.pdf"
+    assert messages[2]["audio"] == {"id": provider.uploads[2].media_id}

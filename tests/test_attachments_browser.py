@@ -12,22 +12,25 @@ import time
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.live import ROOT, LiveServer, log_in, new_page, row
+from tests.live import ROOT, LiveServer, http, log_in, new_page, row
 from tests.provider import FakeProvider
 
 PHONE = "+5511944441234"
+SECRET = "attachments-browser-secret"
 
 
 @pytest.fixture(scope="module")
 def provider():
-    with FakeProvider() as running:
+    with FakeProvider(secret=SECRET) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, provider):
     live = LiveServer(tmp_path_factory.mktemp("attachments-browser"),
                       seed=("--agents", "3", "--conversations", "20", "--messages", "60"))
+    # Replies go to the provider's webhook; it fetches an agent's files from signed links here.
+    live.env.update(CHANNEL_WEBHOOK_URL=provider.webhook_url, CHANNEL_WEBHOOK_SECRET=SECRET, PUBLIC_URL=live.base)
     live.start()
     yield live
     live.cleanup()
@@ -109,5 +112,64 @@ def test_a_customers_photo_shows_live_then_offline(open_page, server, provider):
         expect(again).to_be_visible()
         page.wait_for_function("() => { const i = document.querySelector('.attachment.image img');"
                                " return i && i.complete && i.naturalWidth > 0; }", timeout=5_000)
+    finally:
+        server.start()
+
+
+def test_a_pasted_image_is_sent_with_ticks_and_shows_offline(open_page, server, provider):
+    from playwright.sync_api import expect
+
+    from tests.live import tab
+
+    page = open_page()
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    log_in(page, "ana@example.com")
+    page.wait_for_function("() => navigator.serviceWorker && !!navigator.serviceWorker.controller", timeout=10_000)
+    page.reload()
+    page.wait_for_function("() => window.__inboxSocketConnected === true", timeout=10_000)
+    tab(page, "Mine").click()
+    page.locator("#conversation-list li.row").first.get_by_role("link").click()
+    pane = page.locator("#conversation-pane")
+    box = pane.locator("form.reply textarea[name=body]")
+    expect(box).to_be_visible()
+    # A screenshot on the agent's clipboard, pasted into the reply box with Ctrl+V.
+    page.evaluate("""async () => {
+        const canvas = document.createElement("canvas");
+        canvas.width = 640; canvas.height = 360;
+        const g = canvas.getContext("2d");
+        g.fillStyle = "#1d4ed8"; g.fillRect(0, 0, 640, 360);
+        g.fillStyle = "#fde047"; g.fillRect(80, 80, 300, 160);
+        const blob = await new Promise(done => canvas.toBlob(done, "image/png"));
+        await navigator.clipboard.write([new ClipboardItem({"image/png": blob})]);
+    }""")
+    box.click()
+    box.type("Here is where to click")
+    page.keyboard.press("Control+V")
+    chosen = pane.locator(".reply-files .reply-file")
+    expect(chosen).to_have_count(1)
+    expect(chosen).to_contain_text("KB")
+    pane.get_by_role("button", name="Send").click()
+    sent = pane.locator(".msg.out").filter(has=page.locator(".attachment.image img")).last
+    expect(sent).to_be_visible(timeout=10_000)
+    expect(sent.locator(".msg-body")).to_have_text("Here is where to click")
+    expect(chosen).to_have_count(0)
+    # Delivered through the webhook with a link the customer's system fetched the bytes from.
+    expect(sent).to_have_attribute("data-delivery", "sent", timeout=10_000)
+    sent_payload = [r.json for r in provider.requests if r.json and r.json.get("attachments")][-1]
+    link = sent_payload["attachments"][0]["url"]
+    assert link.startswith(server.base + "/files/") and sent_payload["attachments"][0]["content_type"] == "image/png"
+    fetched = http().get(link, timeout=5)  # no session: the signed link is the permission
+    assert fetched.status_code == 200 and fetched.content[:8] == b"\x89PNG\r\n\x1a\n"
+    time.sleep(0.3)  # the snapshot of the last swap is written after settling
+    server.stop()
+    try:
+        expect(page.locator("#offline-banner")).to_be_visible(timeout=10_000)
+        page.reload()
+        expect(page.locator("#offline-banner")).to_be_visible(timeout=10_000)
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#conversation-pane .msg.out .attachment.image img')]"
+            ".some(i => i.complete && i.naturalWidth > 0)", timeout=5_000)
+        expect(page.locator("#conversation-pane label.attach")).to_be_visible()
+        expect(page.locator("#conversation-pane input[name=file]")).to_be_disabled()  # files need the server
     finally:
         server.start()

@@ -22,14 +22,30 @@ from ..models import WEBHOOK, WHATSAPP
 
 
 @dataclass(frozen=True)
+class OutFile:
+    """A file an agent sent, as the adapter hands it on: its bytes (WhatsApp uploads them) and
+    a link the customer's system can GET without signing in (the generic webhook sends it)."""
+
+    attachment_id: int
+    kind: str  # image | audio | video | document | sticker
+    content_type: str  # sniffed from the bytes when the agent attached it
+    filename: str
+    size: int
+    data: bytes = b""
+    url: str | None = None  # absolute, signed, expiring; None when PUBLIC_URL is not set
+
+
+@dataclass(frozen=True)
 class Outgoing:
-    """A reply to hand to the provider."""
+    """A reply to hand to the provider: a text, or one file with the text as its caption
+    (body may then be empty)."""
 
     message_id: int
     idempotency_key: str  # the same for every attempt of one round; a Retry starts a new round
     to: str  # the contact's phone, as stored (+5511...)
     body: str
     conversation_id: int
+    file: OutFile | None = None
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """The generic webhook channel: replies are POSTed as JSON to a URL the customer's system
-serves, signed with HMAC-SHA256 of the raw body; messages come in through POST /api/inbound and
-statuses through POST /api/status (the inbound bearer token, chat/api.py). A message may
-point at files (`attachments`: their URLs), fetched later by a worker through `capped_download`,
-which the WhatsApp channel shares."""
+serves, signed with HMAC-SHA256 of the raw body (a file goes as a link it can GET); messages come
+in through POST /api/inbound and statuses through POST /api/status (the inbound bearer token,
+chat/api.py). A message may point at files (`attachments`: their URLs), fetched later by a worker
+through `capped_download`, which the WhatsApp channel shares."""
 from __future__ import annotations
 
 import hashlib
@@ -65,12 +65,21 @@ class WebhookChannel:
         return Fetched(data, content_type=media.content_type or served_type, filename=media.filename)
 
     def send(self, outgoing: Outgoing) -> str:
+        """POST the reply as signed JSON: a text, or one file as a link (never its bytes) in
+        `attachments`, the body its caption."""
         if not self.url:
             raise SendError("the webhook channel has no URL configured", temporary=False)
-        body = json.dumps({
-            "id": str(outgoing.message_id), "conversation_id": outgoing.conversation_id,
-            "to": outgoing.to, "body": outgoing.body, "type": "text",
-        }, separators=(",", ":")).encode()
+        reply = {"id": str(outgoing.message_id), "conversation_id": outgoing.conversation_id,
+                 "to": outgoing.to, "body": outgoing.body, "type": "text"}
+        if outgoing.file is not None:
+            file = outgoing.file
+            if not file.url:
+                raise SendError("set PUBLIC_URL: the customer's system needs a link to fetch the file from",
+                                temporary=False)
+            reply["type"] = file.kind
+            reply["attachments"] = [{"url": file.url, "content_type": file.content_type, "filename": file.filename,
+                                     "size": file.size}]
+        body = json.dumps(reply, separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json", "Idempotency-Key": outgoing.idempotency_key}
         if self.secret:
             headers[SIGNATURE_HEADER] = sign(self.secret, body)

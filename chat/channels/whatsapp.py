@@ -1,5 +1,6 @@
 """The WhatsApp Cloud API channel: Meta's webhooks in (GET verification, POST notifications
-signed with X-Hub-Signature-256), replies out through POST {graph}/{phone-number-id}/messages.
+signed with X-Hub-Signature-256), replies out through POST {graph}/{phone-number-id}/messages
+(a file's bytes first through POST {graph}/{phone-number-id}/media, the message then naming its id).
 
 Payload shapes follow Meta's documentation (entry[].changes[].value with messages[],
 statuses[], contacts[]; message_echoes[] for the smb_message_echoes field of a number also used
@@ -48,6 +49,7 @@ ERROR_WORDS = {
     131005: "The access token may not send messages for this number",
     131008: "A required part of the message is missing",
     131009: "A part of the message has a value WhatsApp does not accept",
+    131053: "WhatsApp could not take the file (a type or size it does not accept)",
     100: "WhatsApp refused a parameter of the message",
     190: "The channel's access token has expired or is invalid",
     10: "The channel's access token lacks a permission",
@@ -153,18 +155,53 @@ class WhatsAppChannel:
         return found
 
     def send(self, outgoing: Outgoing) -> str:
+        """A text, or one file: its bytes uploaded first (POST /media), then a message of its kind
+        pointing at the media id, with the body as caption where the kind takes one."""
         if not (self.phone_number_id and self.access_token):
             raise SendError("the WhatsApp channel has no phone number id or access token", temporary=False)
         payload = {
-            "messaging_product": "whatsapp", "recipient_type": "individual",
-            "to": outgoing.to.lstrip("+"), "type": "text",
-            "text": {"preview_url": False, "body": outgoing.body},
+            "messaging_product": "whatsapp", "recipient_type": "individual", "to": outgoing.to.lstrip("+"),
             # Echoed back in this message's status webhooks: which reply of ours it is.
             "biz_opaque_callback_data": outgoing.idempotency_key,
         }
+        if outgoing.file is None:
+            payload.update(type="text", text={"preview_url": False, "body": outgoing.body})
+        else:
+            payload.update(self._media_message(outgoing))
+        data = self._post_to_graph("messages", json=payload)
+        messages = _list(data.get("messages"))
+        if not messages or not isinstance(messages[0], dict) or not messages[0].get("id"):
+            raise SendError("WhatsApp accepted the message but answered no id", temporary=False)
+        return str(messages[0]["id"])
+
+    def _media_message(self, outgoing: Outgoing) -> dict:
+        """The type and media object of a file's message, once its bytes are uploaded."""
+        file = outgoing.file
+        if file.kind not in MEDIA_KINDS:
+            raise SendError(f"WhatsApp cannot send a file of kind {file.kind!r}", temporary=False)
+        if outgoing.body and file.kind not in CAPTIONED:
+            # Refused before the upload: Graph would refuse the caption only after the bytes went up.
+            raise SendError(f"WhatsApp cannot put a caption on {'an' if file.kind == 'audio' else 'a'} "
+                            f"{file.kind}: send the text as a message of its own", temporary=False)
+        uploaded = self._post_to_graph("media", files={"file": (file.filename, file.data, file.content_type)},
+                                       data={"messaging_product": "whatsapp", "type": file.content_type})
+        media_id = uploaded.get("id")
+        if isinstance(media_id, bool) or not isinstance(media_id, (str, int)) or not str(media_id).strip():
+            raise SendError("WhatsApp took the file but answered no media id", temporary=False)
+        media = {"id": str(media_id).strip()}
+        if outgoing.body:
+            media["caption"] = outgoing.body
+        if file.kind == "document":
+            media["filename"] = file.filename
+        return {"type": file.kind, file.kind: media}
+
+    def _post_to_graph(self, endpoint: str, **request) -> dict:
+        """POST {graph}/{phone number id}/{endpoint} with the token: Graph's JSON answer, or the
+        SendError its error, its status or the network deserves (the one mapping of send)."""
         try:
-            response = requests.post(f"{self.graph_url}/{self.phone_number_id}/messages", json=payload,
-                                     headers={"Authorization": f"Bearer {self.access_token}"}, timeout=self.timeout)
+            response = requests.post(f"{self.graph_url}/{self.phone_number_id}/{endpoint}",
+                                     headers={"Authorization": f"Bearer {self.access_token}"}, timeout=self.timeout,
+                                     **request)
         except requests.RequestException as exc:
             raise network_failure(exc) from None
         try:
@@ -181,11 +218,8 @@ class WhatsAppChannel:
                                    response.headers.get("Retry-After"))
             if code in TEMPORARY_CODES:
                 failure.temporary = True
-            return _raise(failure)
-        messages = _list(data.get("messages"))
-        if not messages or not isinstance(messages[0], dict) or not messages[0].get("id"):
-            raise SendError("WhatsApp accepted the message but answered no id", temporary=False)
-        return str(messages[0]["id"])
+            raise failure
+        return data
 
     def fetch_media(self, media: MediaRef, max_bytes: int, deadline: float) -> Fetched:
         """A media id's file: its URL and size from GET {graph}/{media id}, then its bytes from
@@ -248,10 +282,6 @@ def media_refusal(response: requests.Response) -> FetchError:
     if status in (400, 404, 410):
         return FetchError(f"could not download: {GONE}{meta}"[:500], temporary=False)
     return FetchError(f"could not download: WhatsApp answered {status}{meta}"[:500], temporary=False)
-
-
-def _raise(error: SendError):
-    raise error
 
 
 def _list(value) -> list:

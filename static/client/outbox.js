@@ -42,6 +42,13 @@
     setTimeout(flush, 1000);  // if the server is there after all, do not wait for a reconnect
   }
 
+  function say(form, text) {
+    var slot = form.querySelector(":scope > .request-error") || form.appendChild(document.createElement("p"));
+    slot.className = "request-error";
+    slot.setAttribute("role", "alert");
+    slot.textContent = text;
+  }
+
   // -- sending through the form ------------------------------------------------------------------
   var keys = new WeakMap();  // request -> its idempotency key and text
 
@@ -54,13 +61,20 @@
     var form = replyForm(e.detail.elt);
     if (!form) { return; }
     var box = form.querySelector("textarea[data-draft]");
+    var files = form.querySelector('input[type="file"][name="file"]');
+    var withFiles = !!files && files.files.length > 0;
     if (document.body.classList.contains("is-offline")) {  // no point trying: straight to the outbox
       e.preventDefault();
-      if (box.value.trim()) { queue(box.dataset.draft, box.value, null, isNote(form)); }
+      if (withFiles) { say(form, "You are offline: files need the server. Send again when the banner is gone."); }
+      else if (box.value.trim()) { queue(box.dataset.draft, box.value, null, isNote(form)); }
       return;
     }
     var key = e.detail.requestConfig.parameters.idempotency_key;
-    keys.set(e.detail.xhr, { key: key, conversation: box.dataset.draft, text: box.value, note: isNote(form) });
+    // A reply with files is not kept here (their bytes would not fit in the store): its error
+    // says to send again, and files.js keeps its key for that.
+    if (!withFiles) {
+      keys.set(e.detail.xhr, { key: key, conversation: box.dataset.draft, text: box.value, note: isNote(form) });
+    }
   });
   // No answer: maybe the server never saw it, maybe it committed and the answer was lost.
   // Either way the same key goes out again, so it is stored once.
