@@ -28,7 +28,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 from .common import FULL, QUICK, IN_CI, PrivateRedis, Sizes, Unavailable, machine, row_counts, seed_database  # noqa: E402
 
-MEASUREMENTS = ("throughput", "queries", "invalidation", "stampede", "push", "browser", "faults", "delivery", "search")
+MEASUREMENTS = ("throughput", "queries", "invalidation", "stampede", "push", "browser", "faults", "delivery", "search",
+                "attachments")
 RESULTS = Path(__file__).resolve().parent / "results"
 PROMISES = {
     "first_load_ms": 500, "repeat_load_ms": 5, "push_ms": 50,

@@ -141,14 +141,13 @@ def reply(conversation_id: int):
 
 def _reply_fields() -> tuple[object, bool]:
     """A reply's body and private flag: JSON {"body", "private"}, or multipart/form-data with
-    `body`, `private` (true/1) and `file` fields (read by the caller), up to the files' limit."""
+    `body`, `private` (true/1) and `file` fields (read by the caller; chat/uploads.py sets the limit)."""
     if request.mimetype != "multipart/form-data":
         data = _json_body("body", "private")
         private = data.get("private", False)
         if not isinstance(private, bool):
             raise InvalidInput("private must be true or false")
         return data.get("body"), private
-    request.max_content_length = uploads.max_request_bytes()
     unknown = sorted(set(request.form) - {"body", "private"} | set(request.files) - {"file"})
     if unknown:
         raise InvalidInput(f"unknown fields: {', '.join(unknown)}")

@@ -135,7 +135,6 @@ def reply(conversation_id: int):
     """Send a reply, or with private=1 (the pane's "Private note" switch) store a note: 201 with
     the pane; a retry with the same idempotency key (form field or Idempotency-Key header) stores
     nothing and answers 200 with the same pane."""
-    request.max_content_length = uploads.max_request_bytes()  # files: the reply box's `file` fields
     key = request.form.get("idempotency_key", request.headers.get("Idempotency-Key"))
     private = request.form.get("private", "") not in ("", "0")  # anything else: a note, never sent
     sent = {}

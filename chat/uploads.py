@@ -12,7 +12,7 @@ import secrets
 from contextlib import contextmanager
 from typing import Iterator
 
-from flask import current_app
+from flask import current_app, request
 from werkzeug.datastructures import FileStorage
 
 from . import media_types
@@ -23,9 +23,24 @@ from .storage import StorageError, storage
 log = logging.getLogger(__name__)
 
 
+# The views that take files (the reply box, the API's reply), and what one request may carry:
+# the largest file allowed (a document, 100 MB) and 16 MB more, for several smaller ones.
+UPLOAD_ENDPOINTS = ("inbox.reply", "api.reply")
+MARGIN = 16 * 1024 * 1024
+
+
 def max_request_bytes() -> int:
-    """The largest reply request with files: every file at the largest limit, and the form."""
-    return MAX_PER_MESSAGE * media_types.max_limit(current_app.config) + 1024 * 1024
+    return media_types.max_limit(current_app.config) + MARGIN
+
+
+def init_app(app) -> None:
+    """Raise the app's request size limit (MAX_CONTENT_LENGTH, small) for the views that take
+    files. Registered before CSRF protection, which reads the form before any view runs."""
+
+    @app.before_request
+    def allow_files():
+        if request.endpoint in UPLOAD_ENDPOINTS:
+            request.max_content_length = max_request_bytes()
 
 
 class Batch:

@@ -575,3 +575,20 @@ def test_files_go_out_through_whatsapp_uploaded_then_sent(channel_app, provider)
     assert messages[1]["document"]["id"] == provider.uploads[1].media_id
     assert messages[1]["document"]["filename"] == "invoice.pdf"
     assert messages[2]["audio"] == {"id": provider.uploads[2].media_id}
+
+
+def test_the_reply_box_takes_files_larger_than_a_forms_limit(app, people):
+    """The app refuses bodies over 256 KB before reading them; the views that take files allow
+    the files' limit, early enough for CSRF protection, which reads the form before the view."""
+    cid = people["conversation"]
+    big = PDF + b"%" + b"0" * (3 * 1024 * 1024)  # a 3 MB document
+    ana = signed_in(app, "ana@example.com")
+    response = ana.client.post(f"/conversations/{cid}/messages", headers={"HX-Request": "true"},
+                               data={"body": "the contract", "csrf_token": ana.csrf, "file": [upload(big, "c.pdf")]},
+                               content_type="multipart/form-data")
+    assert response.status_code == 201, response.status_code
+    assert "c.pdf" in response.get_data(as_text=True)
+    # Elsewhere the small limit stands.
+    refused = ana.client.post("/inbox/mentions/seen", headers={"HX-Request": "true"},
+                              data={"csrf_token": ana.csrf, "pad": "x" * (300 * 1024)})
+    assert refused.status_code == 413

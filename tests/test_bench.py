@@ -38,7 +38,7 @@ def test_make_bench_quick():
     assert report["errors"] == {}
     m = report["measurements"]
     assert set(m) == {"throughput", "queries", "invalidation", "stampede", "push", "browser", "faults", "delivery",
-                      "search"}
+                      "search", "attachments"}
     for measurement in m:
         assert (results / f"{NAME}-{measurement}.png").stat().st_size > 1000
     assert report["machine"]["cores"] and report["data"]["rows"]["conversations"] == 300
@@ -101,6 +101,11 @@ def test_make_bench_quick():
             assert 0 < r[mode]["p50_ms"] <= r[mode]["p99_ms"]
         assert r["items_found"]["admin@example.com order"] > 0 and r["items_found"]["admin@example.com zebra"] == 0
     assert search["databases"]["sqlite"]["items_found"] == search["databases"]["postgresql"]["items_found"]
+
+    images = m["attachments"]  # a thread of 50 images: painted, then again from the browser's cache
+    assert images["first_visit"]["images"] == images["settings"]["images"] == 50
+    assert images["first_visit"]["thumbnail_requests"] == 50 and images["first_visit"]["thumbnails"] > 0
+    assert images["repeat_visit"]["thumbnail_requests_max"] == 0  # private, immutable: never fetched again
 
     for leftover in (results / f"{NAME}.json", *results.glob(f"{NAME}-*.png")):
         leftover.unlink()
