@@ -35,11 +35,12 @@ def max_request_bytes() -> int:
 
 def init_app(app) -> None:
     """Raise the app's request size limit (MAX_CONTENT_LENGTH, small) for the views that take
-    files. Registered before CSRF protection, which reads the form before any view runs."""
+    files, when files can come (multipart; JSON and plain forms keep the small limit). Registered
+    before CSRF protection, which reads the form before any view runs."""
 
     @app.before_request
     def allow_files():
-        if request.endpoint in UPLOAD_ENDPOINTS:
+        if request.endpoint in UPLOAD_ENDPOINTS and request.mimetype == "multipart/form-data":
             request.max_content_length = max_request_bytes()
 
 

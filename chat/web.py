@@ -67,7 +67,7 @@ def init_app(app: Flask) -> None:
         # Routing errors never reach a blueprint's handlers; keep the API's answers JSON.
         if wants_json():
             if error.code == 413:
-                limit = current_app.config["MAX_CONTENT_LENGTH"]
+                limit = request.max_content_length  # the app's, or an upload view's (chat/uploads.py)
                 return json_error(f"request body must be at most {limit} bytes", 413)
             return json_error((error.name or "error").lower(), error.code or 500)
         return error

@@ -228,6 +228,23 @@ def new_page(browser, base_url: str, errors: list[str]):
     return page
 
 
+@contextmanager
+def pages(browser, base_url: str):
+    """open() -> a new page in a context of its own (new_page); on exit the contexts close and
+    any browser error any of them reported fails the test: a browser module's open_page."""
+    contexts, errors = [], []
+
+    def _open():
+        page = new_page(browser, base_url, errors)
+        contexts.append(page.context)
+        return page
+
+    yield _open
+    for context in contexts:
+        context.close()
+    assert not errors, "the browser reported errors:\n" + "\n".join(errors)
+
+
 def _expected_console_error(text: str, url: str) -> bool:
     # While a test has stopped the server, failed connections are the point (htmx logs its
     # network failures, which the shim turns into the offline banner): refused, or reset when

@@ -12,7 +12,7 @@ import time
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.live import ROOT, LiveServer, http, log_in, new_page, row
+from tests.live import ROOT, LiveServer, http, log_in, pages, row
 from tests.provider import FakeProvider
 
 PHONE = "+5511944441234"
@@ -38,17 +38,8 @@ def server(tmp_path_factory, provider):
 
 @pytest.fixture
 def open_page(browser, server):
-    contexts, errors = [], []
-
-    def _open():
-        page = new_page(browser, server.base, errors)
-        contexts.append(page.context)
-        return page
-
-    yield _open
-    for context in contexts:
-        context.close()
-    assert not errors, "the browser reported errors:\n" + "\n".join(errors)
+    with pages(browser, server.base) as open_page:
+        yield open_page
 
 
 def photo() -> bytes:
@@ -63,8 +54,10 @@ def photo() -> bytes:
     return out.getvalue()
 
 
-def loaded(image) -> bool:
-    return image.evaluate("img => img.complete && img.naturalWidth > 0")
+def wait_for_thumbnail(page, selector: str, timeout: int = 5_000) -> None:
+    """Until an image of `selector` is decoded (loaded, with a natural width): seen, not just in the DOM."""
+    page.wait_for_function("(s) => [...document.querySelectorAll(s)].some(i => i.complete && i.naturalWidth > 0)",
+                           arg=selector, timeout=timeout)
 
 
 def test_a_customers_photo_shows_live_then_offline(open_page, server, provider):
@@ -87,8 +80,7 @@ def test_a_customers_photo_shows_live_then_offline(open_page, server, provider):
                    attachments=[{"url": url, "filename": "parcel.jpg", "caption": "the box, torn"}])
     thumb = pane.locator(".attachment.image img")
     expect(thumb).to_be_visible(timeout=10_000)
-    page.wait_for_function("() => { const i = document.querySelector('.attachment.image img');"
-                           " return i && i.complete && i.naturalWidth > 0; }", timeout=10_000)
+    wait_for_thumbnail(page, "#conversation-pane .attachment.image img", timeout=10_000)
     assert thumb.get_attribute("alt") == "the box, torn"
     expect(pane.locator(".caption")).to_have_text("the box, torn")
     # A click opens the full file (a new tab: the image, inline, as sniffed).
@@ -110,8 +102,7 @@ def test_a_customers_photo_shows_live_then_offline(open_page, server, provider):
         expect(page.locator("#offline-banner")).to_be_visible(timeout=10_000)
         again = page.locator("#conversation-pane .attachment.image img")
         expect(again).to_be_visible()
-        page.wait_for_function("() => { const i = document.querySelector('.attachment.image img');"
-                               " return i && i.complete && i.naturalWidth > 0; }", timeout=5_000)
+        wait_for_thumbnail(page, "#conversation-pane .attachment.image img")
     finally:
         server.start()
 
@@ -166,9 +157,7 @@ def test_a_pasted_image_is_sent_with_ticks_and_shows_offline(open_page, server, 
         expect(page.locator("#offline-banner")).to_be_visible(timeout=10_000)
         page.reload()
         expect(page.locator("#offline-banner")).to_be_visible(timeout=10_000)
-        page.wait_for_function(
-            "() => [...document.querySelectorAll('#conversation-pane .msg.out .attachment.image img')]"
-            ".some(i => i.complete && i.naturalWidth > 0)", timeout=5_000)
+        wait_for_thumbnail(page, "#conversation-pane .msg.out .attachment.image img")
         expect(page.locator("#conversation-pane label.attach")).to_be_visible()
         expect(page.locator("#conversation-pane input[name=file]")).to_be_disabled()  # files need the server
     finally:

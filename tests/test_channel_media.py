@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from chat.channels import Fetched, FetchError, Inbound, MediaRef
-from chat.channels.webhook import USER_AGENT, WebhookChannel, human_size
+from chat.channels.webhook import USER_AGENT, WebhookChannel
 from chat.channels.whatsapp import WhatsAppChannel
+from chat.media_types import human_size
 from tests.provider import PHONE_NUMBER_ID, WHATSAPP_TOKEN, FakeProvider
 
 FIXTURES = Path(__file__).parent / "fixtures" / "whatsapp"

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from tests.live import LiveServer, log_in, new_page, tab
+from tests.live import LiveServer, log_in, pages, tab
 
 
 @pytest.fixture(scope="module")
@@ -22,17 +22,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def open_page(browser, server):
-    contexts, errors = [], []
-
-    def _open():
-        page = new_page(browser, server.base, errors)
-        contexts.append(page.context)
-        return page
-
-    yield _open
-    for context in contexts:
-        context.close()
-    assert not errors, "the browser reported errors:\n" + "\n".join(errors)
+    with pages(browser, server.base) as open_page:
+        yield open_page
 
 
 def connected(page) -> None:

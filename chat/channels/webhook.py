@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 
+from ..media_types import human_size
 from ..models import WEBHOOK
 from . import (Fetched, FetchError, Inbound, MediaRef, Outgoing, SendError, StatusReport, http_failure,
                network_failure)
@@ -218,17 +219,6 @@ def remaining_or_fail(deadline: float, started: float) -> float:
     if left <= 0:
         raise too_slow(deadline, started)
     return left
-
-
-def human_size(n: int) -> str:
-    """A size for people: "512 B", "1.5 KB", "7.2 MB" (1 KB = 1024 B)."""
-    if n < 1024:
-        return f"{n} B"
-    units, unit, value = ("KB", "MB", "GB", "TB"), 0, n / 1024
-    while round(value) >= 1024 and unit < len(units) - 1:
-        value, unit = value / 1024, unit + 1
-    shown = f"{value:.1f}".removesuffix(".0") if value < 9.95 else f"{round(value)}"
-    return f"{shown} {units[unit]}"
 
 
 def _timed_out(deadline: float, started: float) -> FetchError:
