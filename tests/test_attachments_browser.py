@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import time
+from contextlib import contextmanager
 
 import pytest
 from PIL import Image, ImageDraw
@@ -60,6 +61,22 @@ def wait_for_thumbnail(page, selector: str, timeout: int = 5_000) -> None:
                            arg=selector, timeout=timeout)
 
 
+@contextmanager
+def reloaded_offline(page, server):
+    """The server stopped and the page reloaded from what the browser kept; started again after."""
+    from playwright.sync_api import expect
+
+    time.sleep(0.3)  # the snapshot of the last swap is written after settling
+    server.stop()
+    try:
+        expect(page.locator("#offline-banner")).to_be_visible(timeout=10_000)
+        page.reload()
+        expect(page.locator("#offline-banner")).to_be_visible(timeout=10_000)
+        yield
+    finally:
+        server.start()
+
+
 def test_a_customers_photo_shows_live_then_offline(open_page, server, provider):
     from playwright.sync_api import expect
 
@@ -94,17 +111,10 @@ def test_a_customers_photo_shows_live_then_offline(open_page, server, provider):
         page.mouse.move(0, 0)
         page.screenshot(path=str(ROOT / "docs" / "attachments.png"))
 
-    time.sleep(0.3)  # the snapshot of the last swap is written after settling
-    server.stop()
-    try:
-        expect(page.locator("#offline-banner")).to_be_visible(timeout=10_000)
-        page.reload()
-        expect(page.locator("#offline-banner")).to_be_visible(timeout=10_000)
+    with reloaded_offline(page, server):
         again = page.locator("#conversation-pane .attachment.image img")
         expect(again).to_be_visible()
         wait_for_thumbnail(page, "#conversation-pane .attachment.image img")
-    finally:
-        server.start()
 
 
 def test_a_pasted_image_is_sent_with_ticks_and_shows_offline(open_page, server, provider):
@@ -151,14 +161,7 @@ def test_a_pasted_image_is_sent_with_ticks_and_shows_offline(open_page, server, 
     assert link.startswith(server.base + "/files/") and sent_payload["attachments"][0]["content_type"] == "image/png"
     fetched = http().get(link, timeout=5)  # no session: the signed link is the permission
     assert fetched.status_code == 200 and fetched.content[:8] == b"\x89PNG\r\n\x1a\n"
-    time.sleep(0.3)  # the snapshot of the last swap is written after settling
-    server.stop()
-    try:
-        expect(page.locator("#offline-banner")).to_be_visible(timeout=10_000)
-        page.reload()
-        expect(page.locator("#offline-banner")).to_be_visible(timeout=10_000)
+    with reloaded_offline(page, server):
         wait_for_thumbnail(page, "#conversation-pane .msg.out .attachment.image img")
         expect(page.locator("#conversation-pane label.attach")).to_be_visible()
         expect(page.locator("#conversation-pane input[name=file]")).to_be_disabled()  # files need the server
-    finally:
-        server.start()
