@@ -249,9 +249,11 @@ def _expected_console_error(text: str, url: str) -> bool:
     # While a test has stopped the server, failed connections are the point (htmx logs its
     # network failures, which the shim turns into the offline banner): refused, or reset when
     # the stop (SIGINT: quick, like a crash) cut a request short. gevent's worker accepts
-    # until it exits, 0.1 s after the signal, so a page may still be loading from it.
+    # until it exits, 0.1 s after the signal, so a page may still be loading from it; a
+    # request on a connection it was closing reports ERR_SOCKET_NOT_CONNECTED.
     # A signed-out page's probe of GET /session is answered 401: that is its answer, not a fault.
     return ("ERR_CONNECTION_REFUSED" in text or "ERR_CONNECTION_RESET" in text
+            or "ERR_SOCKET_NOT_CONNECTED" in text
             or text in ("htmx:sendError", "htmx:afterRequest")
             or "Failed to load resource" in text and "socket.io" in url
             or "status of 401" in text and url.endswith("/session"))
