@@ -73,6 +73,14 @@ class Product(Design):
         return smart_cache.get_or_fetch(key, fetch, tags=tuple(tags), bypass=has_pending_writes(db.session))
 
 
+class ProductPerScope(Product):
+    """The product's cache with a list entry per permission set, as it read them before a
+    Pending list became the merge of its queues' lists (bench/queries.py reads Product's lists
+    through their fragment)."""
+
+    name, label = "product_per_scope", "this product, one entry per permission set (before)"
+
+
 class FlaskCaching(Design):
     """@cache.memoize(timeout) on a function of (key) plus delete_memoized after the commit."""
 

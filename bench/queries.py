@@ -12,6 +12,11 @@ reads and commits overlap as they do in a server. Every SQL statement is counted
 minute: the first minute fills cold caches, the later ones are the steady state the promise
 is about.
 
+Where the misses come from (the product's design, for the next cut): every fill of a list entry
+is counted by key family (the key with its ids replaced by N: `conversations:user:N:tab:mine`)
+with the SQL statements it ran; then a probe after the workload, one mutation at a time on warm
+caches, reads every agent's lists again and says which entries each mutation kind made miss.
+
 Staleness: every mutation writes a unique marker as the conversation's last message. A read
 that *started* after a mutation's commit returned must show that conversation with that
 marker (or a newer one), and must show it at all if it belongs in that list (it is then the
@@ -20,8 +25,10 @@ newest row). Anything else is a stale read.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import queue
 import random
+import re
 import threading
 import time
 import uuid
@@ -31,11 +38,12 @@ from pathlib import Path
 from sqlalchemy import event, select
 from sqlalchemy.engine import Engine
 
-from .baselines import FlaskCaching, NoCache, Product, SeedDesign
+from .baselines import FlaskCaching, NoCache, Product, ProductPerScope, SeedDesign
 from .common import INBOUND_TOKEN, SECRET_KEY, copy_database, save_chart
 
 WORKERS = 8
 TABS = ("mine", "pending")
+PROBE_MUTATIONS = 10  # of each kind, one at a time
 
 
 class QueryCounter:
@@ -46,9 +54,13 @@ class QueryCounter:
         self.active = False
 
     def __call__(self, *_args, **_kwargs):
+        self.local.statements = getattr(self.local, "statements", 0) + 1  # this thread's, always
         if self.active:
             with self.lock:
                 self.counts[getattr(self.local, "phase", ("other", 0))] += 1
+
+    def statements(self) -> int:
+        return getattr(self.local, "statements", 0)
 
 
 COUNTER = QueryCounter()
@@ -105,18 +117,125 @@ def plan(viewers, active, pending, sizes, rng: random.Random) -> list[tuple]:
     return events
 
 
+def family(key: str) -> str:
+    """A cache key with its ids (and lists of ids) replaced by N: the entries of one kind."""
+    return re.sub(r"\d+(,\d+)*", "N", key)
+
+
+class Fills:
+    """Fills of cache entries (misses) by key family, with the statements each ran itself."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.by_family: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # family -> [fills, statements]
+        self.local = threading.local()  # statements of the fills running inside this thread's current one
+
+    def fetch(self, key: str, fetch):
+        def counted():
+            nested = self.local.__dict__.setdefault("nested", [])
+            nested.append(0)
+            before = COUNTER.statements()
+            try:
+                return fetch()
+            finally:
+                inner, ran = nested.pop(), COUNTER.statements() - before
+                if nested:
+                    nested[-1] += ran
+                with self.lock:
+                    entry = self.by_family[family(key)]
+                    entry[0] += 1
+                    entry[1] += ran - inner  # its own statements, not those of entries it read
+        return counted
+
+    @contextlib.contextmanager
+    def counting(self, cache):
+        """Count every fill of `cache` (a SmartCache) meanwhile, whatever read it."""
+        fill = cache._fill
+        cache._fill = lambda key, gens, fetch, ttl: fill(key, gens, self.fetch(key, fetch), ttl)
+        try:
+            yield self
+        finally:
+            del cache._fill
+
+    def report(self) -> dict:
+        return {name: {"fills": fills, "queries": statements, "queries_per_fill": round(statements / fills, 2)}
+                for name, (fills, statements) in sorted(self.by_family.items(), key=lambda kv: -kv[1][1])}
+
+
+def read_list(design, viewer, tab):
+    """A list as each design reads it; the product's as its pages and API do (its fragment's
+    read: a Pending list is the merge of its queues' cached lists)."""
+    from chat import fragments, queries, visibility
+
+    if type(design) is Product:
+        return fragments.CONVERSATION_LIST.read(viewer, fragments.list_args(tab))
+    key = fragments.conversation_list_key(viewer, tab, None, "")
+    tags = visibility.list_scope(viewer, tab).tags
+    fetch = lambda: queries.list_conversations(viewer, tab)  # noqa: E731
+    if isinstance(design, FlaskCaching):
+        return design.read(key, fetch, tags, viewer_id=viewer.id, tab=tab)
+    return design.read(key, fetch, tags)
+
+
+def probe(app, design, viewers, active, pending, rng: random.Random, per_kind: int) -> dict:
+    """One mutation at a time on warm caches: which list entries of the agents' Mine and Pending
+    does each kind make miss, and what does refilling them cost?"""
+    from chat import domain
+    from chat.extensions import db
+
+    from chat.cache import smart_cache
+
+    def read_all():
+        for viewer in viewers:
+            for tab in TABS:
+                with app.app_context():
+                    read_list(design, viewer, tab)
+                    db.session.remove()
+
+    out = {}
+    for kind in ("reply", "inbound"):
+        fills = Fills()
+        for n in range(per_kind):
+            read_all()  # warm
+            if kind == "reply":
+                viewer = rng.choice([v for v in viewers if active.get(v.id)])
+                cid = rng.choice(active[viewer.id])
+                do = lambda: domain.send_reply(cid, viewer, f"probe {kind} {n}")  # noqa: E731
+            else:
+                _cid, _dept, phone = rng.choice(pending)
+                do = lambda: domain.receive_inbound(phone, f"probe {kind} {n}")  # noqa: E731
+            with app.app_context():
+                do()
+                db.session.remove()
+            with fills.counting(smart_cache):
+                read_all()
+        report = fills.report()
+        out[kind] = {"mutations": per_kind,
+                     "lists_missed_per_mutation": round(sum(f["fills"] for f in report.values()) / per_kind, 2),
+                     "queries_per_mutation": round(sum(f["queries"] for f in report.values()) / per_kind, 2),
+                     "by_family": {name: round(f["fills"] / per_kind, 2) for name, f in report.items()}}
+    return out
+
+
+def _smart_cache():
+    from chat.cache import smart_cache
+
+    return smart_cache
+
+
 def _sees_pending(viewer, department_id) -> bool:
     return viewer.is_admin or department_id is None or department_id in viewer.department_ids
 
 
 def run_design(design_name: str, ctx, viewers, active, pending, events) -> dict:
-    from chat import domain, fragments, queries, visibility
+    from chat import domain
     from chat.extensions import db
 
     database = copy_database(ctx.database, ctx.workdir / f"queries-{design_name}.db")
     prefix = f"bench-q-{design_name}-{uuid.uuid4().hex[:6]}:"
     app = make_app(database, ctx.redis_url, prefix)
     design = {"no_cache": lambda: NoCache(), "product": lambda: Product(),
+              "product_per_scope": lambda: ProductPerScope(),
               "flask_caching": lambda: FlaskCaching(app, ctx.redis_url, prefix + "fc:"),
               "seed_design": lambda: SeedDesign(ctx.redis.client(), prefix + "seed:")}[design_name]()
 
@@ -126,15 +245,8 @@ def run_design(design_name: str, ctx, viewers, active, pending, events) -> dict:
     seq_lock = threading.Lock()
 
     def do_read(i, tab):
-        viewer = viewers[i]
-        key = fragments.conversation_list_key(viewer, tab, None, "")
-        tags = visibility.list_scope(viewer, tab).tags
-        fetch = lambda: queries.list_conversations(viewer, tab)  # noqa: E731
         started = time.perf_counter()
-        if isinstance(design, FlaskCaching):
-            page = design.read(key, fetch, tags, viewer_id=viewer.id, tab=tab)
-        else:
-            page = design.read(key, fetch, tags)
+        page = read_list(design, viewers[i], tab)
         items = [(item["id"], item["last_message"]) for item in page["items"]]
         with log_lock:
             reads.append((i, tab, started, items))
@@ -185,12 +297,14 @@ def run_design(design_name: str, ctx, viewers, active, pending, events) -> dict:
     _install_counter()
     COUNTER.counts.clear()
     COUNTER.active = True
+    fills = Fills()
     started = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(WORKERS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with fills.counting(_smart_cache()) if design_name == "product" else contextlib.nullcontext():
+        threads = [threading.Thread(target=worker) for _ in range(WORKERS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     elapsed = time.perf_counter() - started
     COUNTER.active = False
     counts = defaultdict(int)
@@ -203,7 +317,11 @@ def run_design(design_name: str, ctx, viewers, active, pending, events) -> dict:
 
     stale = check_staleness(reads, mutations, viewers)
     n_reads = len(reads)
-    return {"label": design.label, "reads": n_reads, "mutations": len(mutations),
+    analysis = {}
+    if design_name == "product":
+        analysis = {"fills_by_family": fills.report(),
+                    "probe": probe(app, design, viewers, active, pending, random.Random(7), per_kind=PROBE_MUTATIONS)}
+    return {**analysis, "label": design.label, "reads": n_reads, "mutations": len(mutations),
             "read_queries": counts.get("reads", 0), "mutation_queries": counts.get("mutations", 0),
             "read_queries_per_100_reads": round(100 * counts.get("reads", 0) / max(n_reads, 1), 2),
             "read_queries_steady": counts.get("reads_steady", 0),
@@ -246,7 +364,7 @@ def _at_least(body: str | None, marker: str) -> bool:
     return int(body[len("bench-m"):]) >= int(marker[len("bench-m"):])
 
 
-DESIGNS = ("no_cache", "flask_caching", "seed_design", "product")
+DESIGNS = ("no_cache", "flask_caching", "seed_design", "product_per_scope", "product")
 
 
 def run(ctx) -> dict:
@@ -308,4 +426,13 @@ def summary(results: dict) -> list[tuple[str, str, str]]:
         out.append(("queries", r["label"],
                     f"{r['queries_per_agent_minute']} queries per {results['settings']['reads_per_agent_minute']} reads"
                     f" ({reduction}){steady}; {r['stale_reads']} stale of {r['reads']} reads"))
+    product = results["designs"].get("product", {})
+    for family_name, f in product.get("fills_by_family", {}).items():
+        out.append(("queries", f"product fills of {family_name}",
+                    f"{f['fills']} fills, {f['queries']} queries ({f['queries_per_fill']} per fill)"))
+    for kind, p in product.get("probe", {}).items():
+        families = ", ".join(f"{n} {name}" for name, n in p["by_family"].items())
+        out.append(("queries", f"product: one {kind}",
+                    f"{p['lists_missed_per_mutation']} list entries miss ({families or 'none'}), "
+                    f"{p['queries_per_mutation']} queries to refill"))
     return out

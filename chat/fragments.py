@@ -19,7 +19,7 @@ from flask import Response, abort, make_response, render_template, request, url_
 from flask_login import current_user
 
 from . import compression, domain, metrics, queries, reads, search
-from .visibility import DIRECTORY, LABELS, TABS, Agent, can_see_summary, list_scope
+from .visibility import DIRECTORY, LABELS, TABS, Agent, can_see_summary, list_scope, pending_queues, queue_tag
 
 MAX_QUERY_LENGTH = 100  # characters of a search kept (the box has no limit of its own)
 MAX_PAGES = 20  # a refreshed list (or conversation) keeps at most this many pages the agent loaded
@@ -119,7 +119,8 @@ def conversation_list_key(viewer: Agent, tab: str, department_id: int | None, q:
 
 
 def counts_key(viewer: Agent) -> str:
-    return f"counts:{list_scope(viewer).name}"
+    # The badges count the viewer's own Mine: every viewer's are their own, an admin's too.
+    return f"counts:user:{viewer.id}"
 
 
 def dashboard_key(viewer: Agent) -> str:
@@ -149,6 +150,27 @@ def messages_args(conversation_id: int, before: int | None = None, since: int | 
     return {"conversation_id": conversation_id, "before": before, "since": None if before else since}
 
 
+def pending_queue_key(department_id: int | None, pages: int = 1) -> str:
+    key = f"conversations:queue:{'none' if department_id is None else department_id}:tab:pending"
+    return key + f":pages:{pages}" if pages > 1 else key
+
+
+def _list(viewer: Agent, args: dict) -> dict:
+    """A Pending list (unsearched, from its first page) is the merge of its queues' lists, each
+    cached on its own and shared by every viewer who sees that queue: a new message in one
+    queue refetches that queue's list once, not once per set of departments that includes it."""
+    if (args["tab"] == "pending" and not (args["q"] or "").strip() and not args["cursor"]
+            and args.get("label_id") is None):
+        queues = pending_queues(viewer, [d["id"] for d in reads.departments()] if viewer.is_admin else ())
+        if args["department_id"] is not None:
+            queues = [q for q in queues if q == args["department_id"]]
+        return queries.merge_pages([
+            reads.read(pending_queue_key(queue, args["pages"]), lambda queue=queue: queries.pending_queue(queue, args["pages"]),
+                       tags=(queue_tag(queue), DIRECTORY, LABELS)) for queue in queues], args["pages"])
+    return queries.list_conversations(viewer, args["tab"], args["department_id"], args["q"], args["cursor"],
+                                      args["pages"], args.get("label_id"))
+
+
 def _list_key(viewer: Agent, args: dict) -> str:
     return conversation_list_key(viewer, args["tab"], args["department_id"], args["q"], args["cursor"],
                                  args["pages"], args.get("label_id"))
@@ -161,8 +183,7 @@ CONVERSATION_LIST = Fragment(
     element_key=lambda viewer, args: _list_key(viewer, {**args, "pages": 1}),
     # Rows show labels; a search also hears new messages in its scope (search.list_tags).
     tags=lambda viewer, args: search.list_tags(list_scope(viewer, args["tab"]).tags, args["q"]) + (LABELS,),
-    query=lambda viewer, args: queries.list_conversations(viewer, args["tab"], args["department_id"], args["q"],
-                                                          args["cursor"], args["pages"], args.get("label_id")),
+    query=_list,
     context=lambda viewer, args: {"args": args},
 )
 

@@ -5,10 +5,11 @@ the result as it is and a template renders the same thing from a hit or a miss.
 """
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 from flask import current_app
-from sqlalchemy import and_, case, exists, func, or_, select
+from sqlalchemy import Text, and_, case, cast, exists, func, or_, select
 from sqlalchemy.sql import ColumnElement
 
 from . import search
@@ -31,10 +32,30 @@ def labels_of(conversation_ids: list[int]) -> dict[int, list[dict]]:
             select(ConversationLabel.conversation_id, Tag.name, Tag.color)
             .join(Tag, Tag.id == ConversationLabel.tag_id)
             .where(ConversationLabel.conversation_id.in_(conversation_ids))
-            .order_by(Tag.name)
         ):
             found[conversation_id].append({"name": name, "color": color})
-    return found
+    return {i: _by_name(labels) for i, labels in found.items()}
+
+
+def _by_name(labels: list[dict]) -> list[dict]:
+    """Labels in the order every list and pane shows them, on either database (not by its collation)."""
+    return sorted(labels, key=lambda label: (label["name"].lower(), label["name"]))
+
+
+def _labels_column():
+    """A conversation's labels as JSON text, a column of the row's own query: a list is one query."""
+    pair = ("name", Tag.name, "color", Tag.color)
+    if db.session.get_bind().dialect.name == "postgresql":
+        labels = cast(func.json_agg(func.json_build_object(*pair)), Text)
+    else:
+        labels = func.json_group_array(func.json_object(*pair))
+    return (select(labels).select_from(ConversationLabel).join(Tag, Tag.id == ConversationLabel.tag_id)
+            .where(ConversationLabel.conversation_id == Conversation.id).correlate(Conversation)
+            .scalar_subquery().label("labels"))
+
+
+def _labels_from(column: str | None) -> list[dict]:
+    return _by_name(json.loads(column)) if column else []
 
 
 def has_label(tag_id: int) -> ColumnElement[bool]:
@@ -92,7 +113,17 @@ def contact_matches(q: str) -> ColumnElement[bool]:
 
 def encode_cursor(conversation: Conversation) -> str:
     """Full precision: rows written in the same second must not fall between pages."""
-    return f"{conversation.last_message_at.isoformat()}_{conversation.id}"
+    return _cursor(_order_of(conversation))
+
+
+def _order_of(conversation: Conversation) -> tuple[str, int]:
+    """A list row's place: newest first by (last message, id); microseconds always written, so
+    that these strings sort as the datetimes do."""
+    return conversation.last_message_at.isoformat(timespec="microseconds"), conversation.id
+
+
+def _cursor(order: tuple[str, int] | list) -> str:
+    return f"{order[0]}_{order[1]}"
 
 
 def decode_cursor(cursor: str | None) -> tuple[datetime, int] | None:
@@ -142,14 +173,46 @@ def list_conversations(
                 and_(Conversation.last_message_at == stamp, Conversation.id < ident),
             )
         )
-    rows = db.session.scalars(stmt).unique().all()
-    labels = labels_of([c.id for c in rows[:size]])
-    items = [conversation_summary(c, labels[c.id]) for c in rows[:size]]
+    page = _page(stmt, size)
     if q:
-        found = search.snippets(q, [c["id"] for c in items])
-        items = [{**c, "snippet": found.get(c["id"])} for c in items]
-    next_cursor = encode_cursor(rows[size - 1]) if len(rows) > size else None
-    return {"items": items, "next_cursor": next_cursor}
+        found = search.snippets(q, [c["id"] for c in page["items"]])
+        page["items"] = [{**c, "snippet": found.get(c["id"])} for c in page["items"]]
+    return page
+
+
+def _page(stmt, size: int) -> dict:
+    """The first `size` rows of a list query asking for size + 1 (select(Conversation)), in one
+    query with their labels: their summaries, the cursor of the next page, and each row's
+    place (`order`, for merge_pages)."""
+    found = db.session.execute(stmt.add_columns(_labels_column())).unique().all()
+    rows = [conversation for conversation, _ in found]
+    return {"items": [conversation_summary(c, _labels_from(labels)) for c, labels in found[:size]],
+            "next_cursor": encode_cursor(rows[size - 1]) if len(rows) > size else None,
+            "order": [list(_order_of(c)) for c in rows[:size]]}
+
+
+def pending_queue(department_id: int | None, pages: int = 1) -> dict:
+    """One department's pending queue (None: the conversations without one), paged as
+    list_conversations pages a Pending list: the part of every Pending list that shows it."""
+    size = current_app.config["PAGE_SIZE"] * pages
+    department = (Conversation.department_id.is_(None) if department_id is None
+                  else Conversation.department_id == department_id)
+    return _page(select(Conversation).where(Conversation.status == PENDING, department)
+                 .order_by(Conversation.last_message_at.desc(), Conversation.id.desc()).limit(size + 1), size)
+
+
+def merge_pages(parts: list[dict], pages: int = 1) -> dict:
+    """The first `pages` pages of the union of disjoint lists, from the same pages of each: what
+    one query over their union returns (every row of the union's first pages is in its own
+    list's first pages, and another row after them means a next page)."""
+    size = current_app.config["PAGE_SIZE"] * pages
+    rows = sorted(((tuple(order), item) for part in parts for order, item in zip(part["order"], part["items"])),
+                  key=lambda row: row[0], reverse=True)
+    more = len(rows) > size or any(part["next_cursor"] for part in parts)
+    top = rows[:size]
+    return {"items": [item for _, item in top],
+            "next_cursor": _cursor(top[-1][0]) if more and top else None,
+            "order": [list(order) for order, _ in top]}
 
 
 def message_dict(m: Message, mentions: list[dict] | None = None, files: list[dict] | None = None) -> dict:

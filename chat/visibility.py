@@ -5,7 +5,7 @@ The rule: admins see everything; a pending conversation is seen by the agents of
 department (by everyone when it has none); an active or closed one by its assignee.
 
 - SQL: `visible_to`, `tab_filter`; the same in Python: `can_see_summary`, `sees_pending_of`,
-  `tabs_listing`.
+  `tabs_listing`, `pending_queues`.
 - Cache: `list_scope` (the permission set in a list's key, and the tags that make it stale);
   `conversation_tags` (the tags a changed conversation row makes stale).
 - Sockets: `rooms_for` (the rooms a viewer's connection joins), `conversation_rooms` (the rooms
@@ -13,7 +13,7 @@ department (by everyone when it has none); an active or closed one by its assign
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Union
+from typing import Iterable, NamedTuple, Union
 
 from sqlalchemy import and_, false, or_, select, true
 from sqlalchemy.sql import ColumnElement
@@ -30,7 +30,13 @@ DIRECTORY = "directory"  # tag: names and colours of agents, departments, contac
 LABELS = "labels"
 
 # Tags: what can change a conversation list.
-ALL_CONVERSATIONS = "convs:all"
+ALL_CONVERSATIONS = "convs:all"  # every conversation: an admin's All tab, counts, dashboard
+
+
+def state_tag(status: str) -> str:
+    """Every conversation in this state: an admin's Pending or Closed tab (a reply in an active
+    conversation leaves them as they are)."""
+    return f"{ALL_CONVERSATIONS}:{status}"
 
 
 def assignee_tag(user_id: int | None) -> str:
@@ -104,6 +110,12 @@ def tabs_listing(viewer: Agent, status: str, user_id: int | None) -> tuple[str, 
     return ("all",)
 
 
+def pending_queues(viewer: Agent, every_department: Iterable[int] = ()) -> list[int | None]:
+    """The pending queues a viewer sees (visible_to): those of its departments (an admin's: of
+    `every_department`) and the queue of conversations without a department (None)."""
+    return [*(every_department if viewer.is_admin else viewer.department_ids), None]
+
+
 def sees_pending_of(viewer: Agent, department_id: int | None) -> bool:
     """Whether the viewer sees pending conversations of this department (everyone: of none)."""
     return viewer.is_admin or department_id is None or department_id in viewer.department_ids
@@ -135,20 +147,27 @@ def _queue_tags(viewer: Agent) -> tuple[str, ...]:
 
 def list_scope(viewer: Agent, tab: str = "all") -> ListScope:
     """The scope of a conversation list (tab) or of a summary over every tab ('all')."""
-    if viewer.is_admin:
+    if tab == "mine":  # the viewer's own, admin or not
+        return ListScope(f"user:{viewer.id}", (assignee_tag(viewer.id), DIRECTORY))
+    if viewer.is_admin:  # one entry for every admin
+        if tab in ("pending", "closed"):
+            return ListScope("all", (state_tag(PENDING if tab == "pending" else CLOSED), DIRECTORY))
         return ListScope("all", (ALL_CONVERSATIONS, DIRECTORY))
     if tab == "pending":  # one entry for every agent with the same departments
         depts = ",".join(str(d) for d in viewer.department_ids) or "none"
         return ListScope(f"depts:{depts}", _queue_tags(viewer) + (DIRECTORY,))
-    if tab in ("mine", "closed"):
+    if tab == "closed":
         return ListScope(f"user:{viewer.id}", (assignee_tag(viewer.id), DIRECTORY))
     return ListScope(f"user:{viewer.id}", _queue_tags(viewer) + (assignee_tag(viewer.id), DIRECTORY))
 
 
 def conversation_tags(row: dict) -> list[str]:
-    """The tags a conversation row, as it was or as it is, makes stale: every admin list, its
-    assignee's lists, and its department's queue while it is pending."""
+    """The tags a conversation row, as it was or as it is, makes stale: every admin list, the
+    admins' tab of its state, its assignee's lists, and its department's queue while it is
+    pending."""
     tags = [ALL_CONVERSATIONS]
+    if "status" in row:
+        tags.append(state_tag(row["status"]))
     if "user_id" in row:
         tags.append(assignee_tag(row["user_id"]))
     if row.get("status") == PENDING and "department_id" in row:
@@ -177,7 +196,7 @@ def conversation_rooms(row: dict) -> list[str]:
 
 def hears(room: str, tag: str) -> bool:
     """A room hears the tags of its own scope only (and shared ones, like 'directory')."""
-    if tag == ALL_CONVERSATIONS:
+    if tag == ALL_CONVERSATIONS or tag.startswith(ALL_CONVERSATIONS + ":"):
         return room == ADMINS
     for tag_prefix, room_prefix in (("convs:user:", "user:"), ("convs:dept:", "dept:")):
         if tag.startswith(tag_prefix):

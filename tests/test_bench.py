@@ -54,7 +54,12 @@ def test_make_bench_quick():
     designs = m["queries"]["designs"]
     assert designs["no_cache"]["read_queries"] >= designs["no_cache"]["reads"] > 0
     assert designs["product"]["read_queries"] < designs["no_cache"]["read_queries"]
-    assert designs["product"]["stale_reads"] == 0  # the product's guarantee, checked on every read
+    assert designs["product"]["stale_reads"] == designs["product_per_scope"]["stale_reads"] == 0  # every read
+    # Where the misses come from: fills by key family, and what one mutation of each kind makes miss.
+    assert designs["product"]["fills_by_family"]["conversations:user:N:tab:mine"]["fills"] > 0
+    assert "conversations:queue:N:tab:pending" in designs["product"]["fills_by_family"]
+    for kind in ("reply", "inbound"):
+        assert designs["product"]["probe"][kind]["lists_missed_per_mutation"] >= 1
 
     assert set(m["invalidation"]["sizes"]) == {"1000", "100000"}
     assert m["stampede"]["designs"]["product"]["threads"]["fetches"] == 1

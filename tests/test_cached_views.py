@@ -145,14 +145,14 @@ def test_logs_hits_misses_and_invalidations(world, login, caplog):
     assert ("INFO", f"INVALIDATE conversation:{world.active_ana}*") in messages
 
 
-def test_many_browsers_told_at_once_cost_one_fetch(app, world, login):
+def test_many_browsers_told_at_once_cost_one_fetch(app, world, login, monkeypatch):
     """Push is not a stampede: when many agents refetch the same stale fragment at once,
     single flight makes it one database fetch; the rest are hits."""
     import threading
 
     from prometheus_client import REGISTRY
 
-    from chat import catalog, domain
+    from chat import catalog, domain, queries
 
     with app.app_context():
         for n in range(12):
@@ -168,6 +168,10 @@ def test_many_browsers_told_at_once_cost_one_fetch(app, world, login):
         return REGISTRY.get_sample_value("chat_cache_misses_total", {"family": "conversations"}) or 0
 
     before = misses()
+    fetched = []
+    real = queries.pending_queue
+    monkeypatch.setattr(queries, "pending_queue",
+                        lambda department_id, pages=1: fetched.append(department_id) or real(department_id, pages))
     barrier = threading.Barrier(len(agents))
     bodies = []
 
@@ -182,4 +186,6 @@ def test_many_browsers_told_at_once_cost_one_fetch(app, world, login):
         t.join(10)
     assert len(bodies) == len(agents)
     assert all("a change everyone is told about" in b for b in bodies)
-    assert misses() - before == 1
+    # Two entries filled once each: Support's queue (the one query) and the list merged from it.
+    assert fetched == [world.support]
+    assert misses() - before == 2

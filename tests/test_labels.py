@@ -163,7 +163,7 @@ def test_a_label_change_is_stale_where_its_conversation_is_and_nowhere_else(app,
         stale = stale_after([Change("conversation_labels", kind, [label])],
                             parents=lambda table, ids: {world.active_ana: conversation})
         assert stale.prefixes == {f"conversation:{world.active_ana}"}
-        assert stale.tags == {"convs:all", f"convs:user:{world.ana}"}  # active: not a queue's any more
+        assert stale.tags == {"convs:all", "convs:all:active", f"convs:user:{world.ana}"}  # not a queue's any more
         assert set(stale.rooms) == {"admins", f"user:{world.ana}"}  # who may see it; not billing's room
     renamed = stale_after([Change("tags", "update", [{"id": tags["vip"], "name": "Gold", "color": "#ca8a04"}])])
     assert renamed.prefixes == {"tags"} and renamed.tags == {"labels"} and set(renamed.rooms) == {"agents"}
