@@ -61,9 +61,10 @@ services:
 # both cores of a small machine busy (TEST_WORKERS=0 runs them in this one process). loadfile:
 # a module's tests stay on one worker, in order, so those sharing a live server (a cluster whose
 # process one test kills and the next counts) neither start it twice nor run without the others.
+# --durations: the slowest tests, in every run's log (where make test's minutes go).
 TEST_WORKERS ?= 2
 test: deps chromium wrk nginx services $(VENV)/.bench-installed
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # make bench: every benchmark side by side (see "Performance" in README.md); writes
 # bench/results/<name>.json and charts. BENCH_ARGS=--quick is the smoke run the tests use.

@@ -245,6 +245,14 @@ def cookie_header(session) -> str:
     return "; ".join(f"{c.name}={c.value}" for c in session.cookies)
 
 
+def browser_headers(session) -> dict:
+    """What a browser signed in as `session` sends with each request: its cookie and the
+    User-Agent it signed in with. (Flask-Login's session protection remembers the sign-in's
+    address and User-Agent: a request from another one, wrk's, marks the session not fresh and
+    has its cookie signed and set again on every response, which no browser's request costs.)"""
+    return {"Cookie": cookie_header(session), "User-Agent": session.headers["User-Agent"]}
+
+
 # -- numbers ------------------------------------------------------------------------------------
 def save_chart(fig, title: str, path) -> None:
     """Title, lay out, write the PNG and free the figure: the end of every chart."""

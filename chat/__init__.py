@@ -36,7 +36,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["REDIS_URL"] = check_redis_url(app.config.get("REDIS_URL"))  # a bad one stops here, said plainly
 
     from . import auth, admin, api, cli, inbox, invalidation, observability, offline, push, web
-    from . import catalog, compression, contacts, dashboard, files, storage, throttle, uploads, webhooks, worker
+    from . import catalog, compression, contacts, dashboard, files, sessions, storage, throttle, uploads, webhooks, worker
     from .cache import smart_cache
     from .extensions import csrf, db, login_manager, migrate
 
@@ -44,6 +44,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(Path(__file__).parent / "migrations"))
     uploads.init_app(app)  # before CSRF: it reads the form, whose size limit files raise
     csrf.init_app(app)
+    sessions.init_app(app)
     smart_cache.init_app(app)
     invalidation.init_app(app)
     push.init_app(app)

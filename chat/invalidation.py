@@ -250,6 +250,9 @@ def apply(stale: StaleAfterCommit) -> None:
 
 def has_pending_writes(session: Session) -> bool:
     """Inside a transaction that changed rows: reads must neither use nor fill the cache."""
+    registry = getattr(session, "registry", None)  # a scoped session (db.session)
+    if registry is not None and not registry.has():
+        return False  # no session in this scope yet (a cache hit needs none): nothing written
     return bool(session.info.get(WROTE) or session.new or session.dirty or session.deleted)
 
 

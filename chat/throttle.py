@@ -28,6 +28,7 @@ from .redis_guard import cluster_options, redis_options
 from .config import is_cluster_url
 
 ACCOUNT, ADDRESS, API_TOKEN, WEBHOOK_TOKEN = "account", "address", "api-token", "webhook-token"
+LIMITED_BLUEPRINTS = ("api", "webhooks")  # and the sign-in view
 
 
 def init_app(app: Flask) -> None:
@@ -67,6 +68,14 @@ def init_app(app: Flask) -> None:
     # Provider webhooks refused for a wrong signature count like wrong webhook tokens.
     limiter.shared_limit(_setting("TOKEN_LIMIT_PER_ADDRESS"), scope=_token_scope, deduct_when=_refused)(
         app.blueprints["webhooks"])
+    if not (config.get("RATELIMIT_DEFAULT") or config.get("RATELIMIT_APPLICATION")):
+        # Nothing else is limited: every other request (a page, a fragment, an asset) skips
+        # Flask-Limiter's resolution of the limits that apply to it, a tenth of a cached hit.
+        limiter.request_filter(_not_limited)
+
+
+def _not_limited() -> bool:
+    return request.blueprint not in LIMITED_BLUEPRINTS and request.endpoint != "auth.login"
 
 
 def _setting(name: str):
