@@ -171,6 +171,17 @@ def _list(viewer: Agent, args: dict) -> dict:
                                       args["pages"], args.get("label_id"))
 
 
+def _list_tags(viewer: Agent, args: dict) -> tuple[str, ...]:
+    """Rows show labels; a search also hears new messages in its scope (search.list_tags). An
+    admin's Pending list also names every queue's tag: its merge reads their entries, and a
+    commit's tags are bumped one at a time, so a list named only by its state's tag could be
+    refilled, between that bump and its queue's, from a queue entry still valid and old."""
+    tags = search.list_tags(list_scope(viewer, args["tab"]).tags, args["q"]) + (LABELS,)
+    if viewer.is_admin and args["tab"] == "pending":
+        tags += tuple(queue_tag(q) for q in pending_queues(viewer, [d["id"] for d in reads.departments()]))
+    return tags
+
+
 def _list_key(viewer: Agent, args: dict) -> str:
     return conversation_list_key(viewer, args["tab"], args["department_id"], args["q"], args["cursor"],
                                  args["pages"], args.get("label_id"))
@@ -181,8 +192,7 @@ CONVERSATION_LIST = Fragment(
     template="inbox/_list.html", more_arg="cursor", more_template="inbox/_rows.html", data_as="page",
     key=_list_key,
     element_key=lambda viewer, args: _list_key(viewer, {**args, "pages": 1}),
-    # Rows show labels; a search also hears new messages in its scope (search.list_tags).
-    tags=lambda viewer, args: search.list_tags(list_scope(viewer, args["tab"]).tags, args["q"]) + (LABELS,),
+    tags=_list_tags,
     query=_list,
     context=lambda viewer, args: {"args": args},
 )

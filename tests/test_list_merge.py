@@ -129,3 +129,34 @@ def test_a_message_in_one_queue_refetches_that_queue_only(app, queues, monkeypat
             fragments.conversation_list(viewer(email), "pending")
     # Billing's queue, once, for the admin and Carla; Ana's and Bruno's lists were still cached.
     assert fetched == [queues.billing], fetched
+
+
+
+def test_a_list_refilled_between_a_commits_tag_bumps_is_not_stale(app, queues, monkeypatch):
+    """A commit's tags are bumped one at a time (convs:all:pending before convs:dept:<id>). An
+    admin's Pending list refilled between the two reads the queue's entry while it is still
+    valid and old; it must not stay cached once the last bump is done."""
+    from chat.cache import smart_cache
+
+    with app.app_context():
+        admin = viewer("admin@example.com")
+        fragments.conversation_list(admin, "pending")  # the list and every queue's entry filled
+        db.session.remove()
+    bump = smart_cache.invalidate_tag
+
+    def bump_then_read(tag):
+        bump(tag)
+        if tag == "convs:all:pending":  # the admin's list is stale; Billing's queue not yet
+            with app.app_context():
+                fragments.conversation_list(viewer("admin@example.com"), "pending")
+                db.session.remove()
+
+    monkeypatch.setattr(smart_cache, "invalidate_tag", bump_then_read)
+    with app.app_context():
+        domain.receive_inbound("+551100000003", "billing, again")  # Bill Billing's pending one
+        db.session.remove()
+    monkeypatch.undo()
+    with app.app_context():
+        listed = fragments.conversation_list(viewer("admin@example.com"), "pending")["items"]
+    seen = {item["id"]: item["last_message"] for item in listed}
+    assert seen.get(queues.pending_billing) == "billing, again", seen
