@@ -30,7 +30,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .common import (INBOUND_TOKEN, Gunicorn, Unavailable, app_env, cookie_header, copy_database, log_in,
+from .common import (INBOUND_TOKEN, Gunicorn, Unavailable, app_env, browser_headers, copy_database, log_in,
                      percentile, save_chart)
 
 AGENT = "ana@example.com"
@@ -62,13 +62,13 @@ class ThinClient:
     task per event: with thousands in one process on the server's 2 cores, the load generator's
     own work would be most of the figure (BENCH_PUSH_CLIENT=socketio measures with it)."""
 
-    def __init__(self, http, base: str, cookie: str, on_event) -> None:
-        self.http, self.url, self.cookie, self.on_event = http, base.replace("http", "ws", 1), cookie, on_event
+    def __init__(self, http, base: str, headers: dict, on_event) -> None:
+        self.http, self.url, self.headers, self.on_event = http, base.replace("http", "ws", 1), headers, on_event
         self.ws, self.reader, self.connected = None, None, False
 
     async def connect(self) -> None:
         self.ws = await self.http.ws_connect(self.url + "/socket.io/?EIO=4&transport=websocket",
-                                             headers={"Cookie": self.cookie}, autoping=True)
+                                             headers=self.headers, autoping=True)
         opened = await self.ws.receive_str(timeout=60)
         if not opened.startswith("0"):
             raise RuntimeError(f"Engine.IO open expected, got {opened[:80]!r}")
@@ -100,7 +100,7 @@ class ThinClient:
             await asyncio.gather(self.reader, return_exceptions=True)
 
 
-async def _measure(client_base: str, change_base: str, cookie: str, clients: int, changes: int,
+async def _measure(client_base: str, change_base: str, headers: dict, clients: int, changes: int,
                    list_changes: int = 0) -> dict:
     import aiohttp
     import socketio
@@ -118,7 +118,7 @@ async def _measure(client_base: str, change_base: str, cookie: str, clients: int
 
     def make():
         if os.environ.get("BENCH_PUSH_CLIENT") != "socketio":
-            return ThinClient(ws_http, client_base, cookie, updated)
+            return ThinClient(ws_http, client_base, headers, updated)
         sio = socketio.AsyncClient(reconnection=False)
 
         @sio.on("data:updated")
@@ -131,7 +131,7 @@ async def _measure(client_base: str, change_base: str, cookie: str, clients: int
         if isinstance(sio, ThinClient):
             await sio.connect()
         else:
-            await sio.connect(client_base, headers={"Cookie": cookie}, transports=["websocket"], wait_timeout=60)
+            await sio.connect(client_base, headers=headers, transports=["websocket"], wait_timeout=60)
 
     reads: list[tuple[float, float, int]] = []  # (sent, ms, status) of every list read under load
     windows: list[float] = []  # seconds each loaded fan-out lasted
@@ -140,7 +140,7 @@ async def _measure(client_base: str, change_base: str, cookie: str, clients: int
         while not stop.is_set():
             t0 = time.perf_counter()
             try:
-                async with http.get(client_base + LIST_PATH, headers={"Cookie": cookie, "HX-Request": "true"}) as r:
+                async with http.get(client_base + LIST_PATH, headers={**headers, "HX-Request": "true"}) as r:
                     await r.read()
                     status = r.status
             except (aiohttp.ClientError, asyncio.TimeoutError):
@@ -163,7 +163,7 @@ async def _measure(client_base: str, change_base: str, cookie: str, clients: int
         # a busy hub may do so just as a reused one is written to.
         async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(force_close=True)) as post, \
                 aiohttp.ClientSession(timeout=timeout) as http:
-            async with http.get(client_base + LIST_PATH, headers={"Cookie": cookie, "HX-Request": "true"}) as r:
+            async with http.get(client_base + LIST_PATH, headers={**headers, "HX-Request": "true"}) as r:
                 if r.status != 200:  # warms the list's cache; a wrong cookie fails here, not later
                     raise RuntimeError(f"GET {LIST_PATH} answered {r.status}")
             for n in range(changes + list_changes):
@@ -245,9 +245,9 @@ def run(ctx) -> dict:
         with ctx.stack_scope() as stack:
             server = Gunicorn(ctx.workdir, app_env(database), threads=threads, name=f"push-embedded-{clients}")
             stack.callback(server.stop)
-            cookie = cookie_header(log_in(server.base, AGENT))
+            headers = browser_headers(log_in(server.base, AGENT))  # its cookie and sign-in User-Agent
             results["embedded"][str(clients)] = asyncio.run(
-                _measure(server.base, server.base, cookie, clients, sizes.push_changes, list_changes))
+                _measure(server.base, server.base, headers, clients, sizes.push_changes, list_changes))
             print(f"  embedded, {clients:,} clients: {results['embedded'][str(clients)]}", flush=True)
         with ctx.stack_scope() as stack:
             prefix = f"bench-p-{uuid.uuid4().hex[:6]}:"
@@ -256,9 +256,9 @@ def run(ctx) -> dict:
             stack.callback(a.stop)
             b = Gunicorn(ctx.workdir, env, threads=threads, name=f"push-redis-b-{clients}")
             stack.callback(b.stop)
-            cookie = cookie_header(log_in(b.base, AGENT))
+            headers = browser_headers(log_in(b.base, AGENT))
             results["redis"][str(clients)] = asyncio.run(
-                _measure(b.base, a.base, cookie, clients, sizes.push_changes, list_changes))
+                _measure(b.base, a.base, headers, clients, sizes.push_changes, list_changes))
             print(f"  redis, {clients:,} clients: {results['redis'][str(clients)]}", flush=True)
     for mode in ("embedded", "redis"):
         for clients, r in results[mode].items():
