@@ -112,6 +112,26 @@ def wait_for_requests(provider: FakeProvider, text: str, count: int, timeout: fl
     return found
 
 
+def record_traffic(page) -> list[str]:
+    """What the page heard and asked, timed: the socket's frames and its requests (a failure
+    says whether the push never came, came and was not acted on, or was answered stale)."""
+    started, seen = time.monotonic(), []
+
+    def note(what: str) -> None:
+        seen.append(f"{time.monotonic() - started:7.3f} {what[:160]}")
+
+    def on_socket(ws) -> None:
+        note(f"socket open {ws.url}")
+        ws.on("framereceived", lambda frame: note(f"<- {frame}"))
+        ws.on("close", lambda _: note("socket closed"))
+
+    page.on("websocket", on_socket)
+    page.on("request", lambda r: note(f"{r.method} {r.url}"))
+    page.on("response", lambda r: note(f"{r.status} {r.url}"))
+    page.on("requestfailed", lambda r: note(f"failed {r.url}"))
+    return seen
+
+
 def mark_the_document(page) -> None:
     """A flag on the window: still there later means the page was never reloaded."""
     page.evaluate("() => { window.__sameDocument = true; }")
@@ -243,6 +263,7 @@ def test_a_reply_sent_offline_is_stored_once_and_reaches_the_provider_once(open_
     from playwright.sync_api import expect
 
     page = open_page()
+    traffic = record_traffic(page)
     log_in(page, "ana@example.com")
     connected(page)
     conversation_id, pane = open_mine(page, nth=2)
@@ -270,11 +291,51 @@ def test_a_reply_sent_offline_is_stored_once_and_reaches_the_provider_once(open_
         expect(message.locator(".msg-meta .ticks")).to_have_class(re.compile(r"\bticks-sent\b"), timeout=LIVE_MS)
     except AssertionError as failure:  # what the server did meanwhile says whose fault it is
         log = server.log_path.read_text(errors="replace")[-4000:]
-        raise AssertionError(f"{failure}\n-- the server's log, last lines --\n{log}") from None
+        heard = "\n".join(traffic[-60:])
+        raise AssertionError(f"{failure}\n-- the server's log, last lines --\n{log}"
+                             f"\n-- what the page heard and asked, last --\n{heard}") from None
+    # The page asked to connect once per connection: a second CONNECT is refused ("44"), and
+    # socket.io's client then stops listening while it still says it is connected.
+    assert not [line for line in traffic if " <- 44" in line], "the server refused a second CONNECT"
     time.sleep(1.5)  # another flush, a reconnect or the worker's next poll must not send it again
     assert messages_in_db(server, text) == 1
     assert len(requests_with_body(provider, text)) == 1
     expect(message).to_have_count(1)
+
+
+def test_a_socket_the_server_refused_starts_again_and_ticks_still_move_live(open_page, server, provider):
+    """The server refuses the page's Socket.IO connection (as it refuses a second CONNECT sent
+    while the first awaited its answer, which a reconnect racing the "online again" probe did):
+    socket.io's client tears itself down, yet still says it is connected. The page must start
+    it again, catch up on what changed meanwhile, and go on hearing pushes."""
+    from playwright.sync_api import expect
+
+    page = open_page()
+    sockets = []
+
+    def through(ws) -> None:  # the page's websocket, passed on to the server unchanged
+        ws.connect_to_server()
+        sockets.append(ws)
+
+    page.route_web_socket(re.compile(r"/socket\.io/"), through)
+    log_in(page, "ana@example.com")
+    connected(page)
+    conversation_id, pane = open_mine(page, nth=4)
+    text = f"Heard again {time.time()}"
+    type_and_send(page, pane, text)
+    ticks = sent_message(pane, text).locator(".msg-meta .ticks")
+    expect(ticks).to_have_class(re.compile(r"\bticks-sent\b"), timeout=LIVE_MS)
+    message_id = int(sent_message(pane, text).get_attribute("data-message-id"))
+    assert sockets, "the page's socket never upgraded to a websocket"
+
+    mark_the_document(page)
+    sockets[-1].send('44{"message":"Unable to connect"}')  # Engine.IO message, Socket.IO CONNECT_ERROR
+    post_status(server, f"prov-{message_id}", "delivered")  # meanwhile: nobody is listening
+    expect(ticks).to_have_class(re.compile(r"\bticks-delivered\b"), timeout=LIVE_MS)
+    connected(page)
+    post_status(server, f"prov-{message_id}", "read")  # and pushes are heard again
+    expect(ticks).to_have_class(re.compile(r"\bticks-read\b"), timeout=LIVE_MS)
+    assert same_document(page)
 
 
 def test_an_answer_that_comes_back_late_never_leaves_an_older_state_on_screen(open_page, server, provider):

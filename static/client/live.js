@@ -159,7 +159,7 @@
     applyOffline();
     revalidateAll();
     document.dispatchEvent(new CustomEvent("inbox:online"));  // the outbox sends what waits
-    if (socket && !socket.connected) { socket.connect(); }
+    reconnect();
   }
 
   // -- requests: errors next to their control, refreshes retried ----------------------------------
@@ -229,6 +229,20 @@
   // Long-polling first, then upgraded to a WebSocket; reconnect attempts stay frequent so the
   // page is live again soon after the server is back.
   var socket = window.io ? io({ reconnectionDelay: 500, reconnectionDelayMax: 2000 }) : null;
+  var restartTimer = null;
+
+  // Only a socket that gave up (the server ended it, or refused it) is started again: one that
+  // is still trying is the manager's. Asking an active one to connect sends a second CONNECT
+  // while the first awaits its answer, the server refuses that one, and socket.io's client
+  // then tears itself down yet still says "connected": push would be deaf until a reload.
+  function reconnect() {
+    if (!socket || socket.active || leaving) { return; }
+    clearTimeout(restartTimer);
+    restartTimer = null;
+    if (socket.connected) { socket.disconnect(); }  // a refused socket still believes it is connected
+    socket.connect();
+  }
+
   if (socket) {
     socket.on("data:updated", function (data) {
       var keys = (data && data.keys) || [];
@@ -248,12 +262,17 @@
       if (leaving) { return; }
       // The server ended it on purpose (sign-out elsewhere): it will not reconnect by itself.
       probe().then(function (reachable) {
-        if (reachable && reason === "io server disconnect") { socket.connect(); }
+        if (reachable && reason === "io server disconnect") { reconnect(); }
       });
     });
-    socket.on("connect_error", function (err) {
-      if (err && err.message === "sign in first") { probe(); return; }  // 401: sign in; else reload
-      probe();
+    socket.on("connect_error", function () {
+      // Still trying (the server is away): the probe shows the banner. Refused (not signed in:
+      // the probe's 401 sends the page to /login; any other refusal): start again in a while.
+      probe().then(function (reachable) {
+        if (reachable && !socket.active && !restartTimer) {
+          restartTimer = setTimeout(reconnect, PROBE_EVERY_MS);
+        }
+      });
     });
   }
   document.addEventListener("visibilitychange", function () {
