@@ -217,9 +217,11 @@ def test_scrolling_loads_more_and_a_live_update_keeps_rows_and_place(open_page, 
     assert place > 1000
     shown = rows.count()
 
-    server.inbound(phone=f"+55119{int(time.time() * 1000) % 10**8:08d}", name="Arrived While Scrolled",
+    # Its own name: the other viewport's run may have left one in this server's All tab.
+    name = f"Arrived While Scrolled {viewport['width']}x{viewport['height']} {int(time.time() * 1000)}"
+    server.inbound(phone=f"+55119{int(time.time() * 1000) % 10**8:08d}", name=name,
                    body="hi", external_id=f"scroll-{time.time()}-{viewport['width']}")
-    expect(row(page, "Arrived While Scrolled")).to_have_count(1, timeout=LIVE_MS)
+    expect(row(page, name)).to_have_count(1, timeout=LIVE_MS)
     assert rows.count() >= shown  # every loaded page is still there
     assert abs(page.eval_on_selector("#conversation-list", "l => l.scrollTop") - place) < 150
 
