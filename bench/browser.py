@@ -3,9 +3,10 @@ in-process cache), SQLite copy of the seeded database.
 
 - First visit: navigation start -> the shim's `inbox:painted` (list rendered by the server).
 - Repeat visit (snapshots in localStorage, the server sends empty shells): the shim's start
-  (its first statement; the bench stamps the time where the client bundle's first file of the
-  shim, static/client/store.js, begins, through a Playwright route; the product's bundle is
-  untouched) -> `inbox:painted` (list painted from the snapshot), plus navigation start
+  (its first statement; the bench stamps the time where the paint bundle's first file,
+  static/client/store.js, begins, through a Playwright route; the product's bundle is
+  untouched) -> `inbox:painted` (list painted from the snapshot by static/client/paint.js,
+  before the rest of the client is parsed), plus navigation start
   -> painted, and how many fragment requests (HX-Request) the visit made.
 - Live update: Ana and Bruno both on Pending; a contact writes in (POST /api/inbound); time
   from sending that request to the message text appearing in Bruno's list (a MutationObserver
@@ -58,11 +59,11 @@ def _page(browser, base: str, email: str, time_client_start: bool = True):
         marker = "/* ---- client/store.js ---- */"
         body = response.text()
         if marker not in body:
-            raise RuntimeError(f"the client bundle has no {marker}")
+            raise RuntimeError(f"the paint bundle has no {marker}")
         route.fulfill(response=response, body=body.replace(marker, SHIM_PREFIX + marker, 1))
 
     if time_client_start:
-        context.route("**/assets/client.js*", shim)
+        context.route("**/assets/paint.js*", shim)
     page = context.new_page()
     page.goto("/login")
     page.get_by_label("Email").fill(email)

@@ -18,15 +18,17 @@ bp = Blueprint("offline", __name__)
 # The page's scripts, served as one file per bundle (`/assets/<bundle>.js`): a page load reads
 # three files from the service worker's cache (or the server), not a dozen, which halves the
 # time to paint an offline reload. The sources stay one file per concern under static/, and the
-# server concatenates them in this order (no build step). "base" is on every page, "client" on
-# signed-in pages.
+# server concatenates them in this order (no build step). "base" is on every page; "paint" (a
+# plain script at the end of <body>: the snapshots on screen before anything else is parsed)
+# and "client" (deferred, like "base") on signed-in pages.
 BUNDLES = {
     "base": ("vendor/htmx.min.js", "vendor/idiomorph-ext.min.js", "app.js"),
-    "client": ("vendor/socket.io.min.js", "client/store.js", "client/snapshots.js", "client/live.js",
+    "paint": ("client/store.js", "client/paint.js"),
+    "client": ("vendor/socket.io.min.js", "client/snapshots.js", "client/live.js",
                "client/drafts.js", "client/outbox.js", "client/files.js", "client/notify.js", "client/offline.js"),
 }
 # The shell the worker keeps: the stylesheet, the bundles, and the page for what was never seen.
-SHELL = ("app.css", "bundle:base", "bundle:client", "offline.html")
+SHELL = ("app.css", "bundle:base", "bundle:paint", "bundle:client", "offline.html")
 # The files behind the shell, and the worker itself: what a release is made of.
 SOURCES = (*(part for name in SHELL for part in BUNDLES.get(name.removeprefix("bundle:"), (name,))), "sw.js")
 

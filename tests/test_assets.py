@@ -38,12 +38,13 @@ def shell(client) -> list[str]:
     return json.loads(re.search(r"SHELL = (\[.*\]);", head).group(1))
 
 
-def test_the_sign_in_page_loads_the_base_bundle_and_a_signed_in_page_both(app, signed_in):
+def test_the_sign_in_page_loads_the_base_bundle_and_a_signed_in_page_all_three(app, signed_in):
     login_page = app.test_client().get("/login").get_data(as_text=True)
     assert [src.split("?")[0] for src in SCRIPT.findall(login_page)] == ["/assets/base.js"]
     inbox = signed_in.get("/inbox").get_data(as_text=True)
     scripts = SCRIPT.findall(inbox)
-    assert [src.split("?")[0] for src in scripts] == ["/assets/base.js", "/assets/client.js"]
+    # base and client deferred in <head>; paint, the first paint of snapshots, last in <body>
+    assert [src.split("?")[0] for src in scripts] == ["/assets/base.js", "/assets/client.js", "/assets/paint.js"]
     assert set(scripts) <= set(shell(signed_in.client))  # what the worker keeps for offline
 
 

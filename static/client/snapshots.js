@@ -12,32 +12,21 @@
 //   leave the older copy on screen: that fragment is refreshed again at once.
 (function (Inbox) {
   "use strict";
-  if (!Inbox.store) { return; }
+  if (!Inbox.store || !Inbox.paint) { return; }
   var store = Inbox.store;
   var MAX_PAGES = 20;  // the server's cap too (fragments.MAX_PAGES)
 
-  // One snapshot per data-cache-key and URL: the same data shown with another tab selected
-  // or another filter is another piece of HTML.
-  function slot(el) { return el.dataset.cacheKey + "|" + (el.getAttribute("hx-get") || ""); }
+  var slot = Inbox.paint.slot, freshCsrf = Inbox.paint.freshCsrf;  // client/paint.js
 
   function save(el) {
     if (!el.dataset.cacheKey || el.querySelector("[data-placeholder]")) { return; }
     store.saveSnapshot(slot(el), { html: el.outerHTML, etag: el.dataset.etag || "", at: Date.now() });
   }
 
-  function freshCsrf(html) {
-    // Snapshot forms carry the token of the session that saved them: use this page's.
-    var token = document.querySelector('meta[name="csrf-token"]').content;
-    return html.replace(/(name="csrf_token" value=")[^"]*"/g, "$1" + token + '"');
-  }
-
   function all() { return Array.prototype.slice.call(document.querySelectorAll("[data-cache-key]")); }
 
-  function paint(el, snapshot) {
-    var holder = document.createElement("div");
-    holder.innerHTML = freshCsrf(snapshot.html);
-    var fresh = holder.firstElementChild;
-    el.replaceWith(fresh);
+  function paint(el, snapshot) {  // after htmx started: it must process what it did not see
+    var fresh = Inbox.paint.paint(el, snapshot);
     htmx.process(fresh);
     return fresh;
   }
@@ -60,11 +49,15 @@
   }
 
   // On load: server-rendered fragments are kept as snapshots; placeholders (the server sends
-  // them once this browser holds snapshots) are painted from the store at once, and only the
-  // ones whose snapshot is missing or older than the page's data-etag are requested.
+  // them once this browser holds snapshots) were painted by paint.js before the client loaded
+  // (here only on a page the service worker kept: offline.js pointed them at this URL's
+  // snapshots), and only the ones whose snapshot is missing or older than the page's data-etag
+  // are requested.
   function start() {
-    var stale = [];
+    var first = Inbox.paint.first || { painted: [], stale: [] };
+    var stale = first.stale.slice();
     all().forEach(function (el) {
+      if (first.painted.indexOf(el) !== -1) { return; }
       if (!el.querySelector("[data-placeholder]")) { save(el); return; }
       var current = el.dataset.etag || "";
       var snapshot = store.snapshot(slot(el));
@@ -161,7 +154,7 @@
   }
 
   Inbox.fragments = { all: all, refresh: refresh, outermost: outermost, freshCsrf: freshCsrf };
-  Inbox.lastSeen = Date.now();  // when what is on screen was last known fresh
+  Inbox.lastSeen = Inbox.lastSeen || Date.now();  // when what is on screen was last known fresh
 
   // After htmx has processed the page (its listener was registered first), before any request.
   // (A deferred script runs while readyState is still "interactive", before that event.)
