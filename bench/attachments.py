@@ -123,7 +123,7 @@ def run(ctx) -> dict:
         playwright = stack.enter_context(sync_playwright())
         browser = _launch(playwright)
         stack.callback(browser.close)
-        page = _page(browser, server.base, "ana@example.com", time_client_start=False)
+        page = _page(browser, server.base, "ana@example.com")
         first = _visit(page, conversation_id)
         repeat = [_visit(page, conversation_id) for _ in range(repeats)]
         page.context.close()

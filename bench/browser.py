@@ -3,10 +3,9 @@ in-process cache), SQLite copy of the seeded database.
 
 - First visit: navigation start -> the shim's `inbox:painted` (list rendered by the server).
 - Repeat visit (snapshots in localStorage, the server sends empty shells): the shim's start
-  (its first statement; the bench stamps the time where the paint bundle's first file,
-  static/client/store.js, begins, through a Playwright route; the product's bundle is
-  untouched) -> `inbox:painted` (list painted from the snapshot by static/client/paint.js,
-  before the rest of the client is parsed), plus navigation start
+  (static/client/paint.js marks it, `performance.mark("inbox:paint-start")`: nothing is
+  routed, the service worker serves the files as it does for an agent) -> `inbox:painted`
+  (list painted from the snapshot, before the rest of the client is parsed), plus navigation start
   -> painted, and how many fragment requests (HX-Request) the visit made.
 - Live update: Ana and Bruno both on Pending; a contact writes in (POST /api/inbound); time
   from sending that request to the message text appearing in Bruno's list (a MutationObserver
@@ -37,7 +36,6 @@ document.addEventListener("inbox:painted", function () {
   if (window.__painted === null) { window.__painted = performance.now(); }
 });
 """
-SHIM_PREFIX = "window.__shimStart = performance.now();\n"
 
 
 def _launch(playwright):
@@ -47,23 +45,11 @@ def _launch(playwright):
     return playwright.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
 
 
-def _page(browser, base: str, email: str, time_client_start: bool = True):
-    """A signed-in page; time_client_start routes the client's first file through Playwright to
-    stamp its start (a routed request skips the service worker: not for the offline run)."""
+def _page(browser, base: str, email: str):
+    """A signed-in page (its own context: cookies, localStorage and service worker)."""
     context = browser.new_context(base_url=base, viewport={"width": 1366, "height": 800})
     context.set_default_timeout(15_000)
     context.add_init_script(INIT)
-
-    def shim(route):
-        response = route.fetch()
-        marker = "/* ---- client/store.js ---- */"
-        body = response.text()
-        if marker not in body:
-            raise RuntimeError(f"the paint bundle has no {marker}")
-        route.fulfill(response=response, body=body.replace(marker, SHIM_PREFIX + marker, 1))
-
-    if time_client_start:
-        context.route("**/assets/paint.js*", shim)
     page = context.new_page()
     page.goto("/login")
     page.get_by_label("Email").fill(email)
@@ -86,7 +72,8 @@ def _visit(page) -> dict:
         page.wait_for_function("() => window.__painted !== null")
         page.wait_for_load_state("networkidle")
         timing = page.evaluate("""() => ({
-            painted: window.__painted, shimStart: window.__shimStart || null,
+            painted: window.__painted,
+            shimStart: (performance.getEntriesByName("inbox:paint-start")[0] || {}).startTime || null,
             rows: document.querySelectorAll('#conversation-list li.row').length})""")
     finally:
         page.remove_listener("request", on_request)
@@ -142,7 +129,7 @@ def run(ctx) -> dict:
         results["long_list_update"] = _long_list_update(admin, session, server.base, repeats)
         for done in (ana, bruno, admin):  # one agent's browser, as offline reading is: no other tabs
             done.context.close()
-        offline_page = _page(browser, server.base, "ana@example.com", time_client_start=False)
+        offline_page = _page(browser, server.base, "ana@example.com")
         results["offline"] = _offline(offline_page, server, ctx, database, repeats)
     return results
 

@@ -114,18 +114,26 @@ def _capture(session, url: str) -> dict:
             "body": base64.b64encode(response.content).decode()}
 
 
+CANNOT_READ = "Failed to find python version from target process"  # py-spy, on some Python builds
+
+
 def _profile(server, url: str, headers: dict, seconds: float, connections: int, workdir: Path) -> dict:
     """py-spy on the serving gunicorn (its worker, through the master) while wrk sends hits: the
     share of samples in each step of STEPS, and the functions of the product seen most."""
     spy = shutil.which("py-spy") or str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "py-spy")
     out = workdir / f"hit-profile-{server.port}.txt"
-    spying = subprocess.Popen([spy, "record", "--subprocesses", "--nonblocking", "-r", "100", "-d", str(int(seconds)),
+    # At least 3 s: py-spy first finds the worker under the master, and a 1 s smoke run could
+    # end before its first sample.
+    seconds = max(3, int(seconds))
+    spying = subprocess.Popen([spy, "record", "--subprocesses", "--nonblocking", "-r", "100", "-d", str(seconds),
                                "-f", "raw", "-o", str(out), "-p", str(server.process.pid)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     load = threading.Thread(target=wrk, args=(url, headers, seconds, connections))
     load.start()
     load.join()
     log, _ = spying.communicate(timeout=seconds + 60)
+    if CANNOT_READ in log:  # this machine's interpreter is one py-spy cannot read: say so, measured nothing
+        return {"samples": 0, "unavailable": log.strip().splitlines()[-1][:300]}
     if spying.returncode != 0 or not out.exists():
         raise RuntimeError(f"py-spy failed ({spying.returncode}): {log}")
     stacks = Counter()
@@ -134,6 +142,8 @@ def _profile(server, url: str, headers: dict, seconds: float, connections: int, 
         if stack and count.isdigit():
             stacks[stack] += int(count)
     total = sum(stacks.values())
+    if not total:
+        raise RuntimeError(f"py-spy took no sample of the serving worker in {seconds} s: {log}")
     steps = {name: round(100 * sum(n for s, n in stacks.items() if marker in s) / total, 1) for name, marker in STEPS}
     own = Counter()
     for stack, n in stacks.items():
@@ -267,7 +277,9 @@ def summary(results: dict) -> list[tuple[str, str, str]]:
                         f"hit/bare {q['hit_over_bare']:.2f} (goal >= {BARE_GOAL}), hit/hello {q['hit_over_hello']:.2f}, "
                         f"hit/uncached {q['hit_over_uncached']:.1f}x (goal >= 10x), 304/hello {q['304_over_hello']:.2f}"))
     profile = results.get("hit_profile")
-    if profile:
+    if profile and "unavailable" in profile:
+        out.append(("throughput", "a hit profiled", f"not on this machine: {profile['unavailable']}"))
+    elif profile:
         steps = ", ".join(f"{name} {pct}%" for name, pct in profile["steps_percent"].items())
         out.append(("throughput", f"a hit profiled ({profile['samples']} samples, in-process cache)", steps))
     side = results.get("redis_vs_simple")

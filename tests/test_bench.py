@@ -49,7 +49,11 @@ def test_make_bench_quick():
     assert tp["ratios"]["simple"]["hit_over_hello"] > 0
     # The ceiling (a bare WSGI callable sending a hit's bytes) and where a hit spends its time.
     assert tp["bare"]["rps"] > tp["simple"]["hit"]["rps"] > 0 and tp["ratios"]["simple"]["hit_over_bare"] > 0
-    assert tp["hit_profile"]["samples"] > 0 and tp["hit_profile"]["steps_percent"]["fragment served (fragments.serve)"] > 0
+    profile = tp["hit_profile"]
+    if "unavailable" in profile:  # py-spy cannot read this machine's Python build: said, not hidden
+        assert "python version" in profile["unavailable"]
+    else:
+        assert profile["samples"] > 0 and profile["steps_percent"]["fragment served (fragments.serve)"] > 0
     side = tp["redis_vs_simple"]  # Redis hit over in-process hit, in alternating pairs
     assert len(side["pairs"]) == side["rounds"] == 2
     assert all(p["simple"] > 0 and p["redis"] > 0 and p["ratio"] > 0 for p in side["pairs"])
