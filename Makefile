@@ -57,13 +57,14 @@ services:
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /tmp
 
 # make test runs the quick bench too (tests/test_bench.py), so it installs what make bench needs.
-# Two pytest-xdist workers: most tests wait on a browser, a gunicorn or a database. Four took
-# 11 minutes instead of 28, but under that load a live delivery tick was sometimes lost (issue
-# 17's notes): two until that is fixed (TEST_WORKERS=0 runs them in this one process). loadfile:
+# Four pytest-xdist workers on two cores: most tests wait on a browser, a gunicorn or a
+# database, so four take about 14 minutes where two took 28 (TEST_WORKERS=0 runs them in this
+# one process). The load they make is what found the socket that stopped hearing pushes after
+# a reconnect (static/client/live.js, reconnect), so it stays part of the test. loadfile:
 # a module's tests stay on one worker, in order, so those sharing a live server (a cluster whose
 # process one test kills and the next counts) neither start it twice nor run without the others.
 # --durations: the slowest tests, in every run's log (where make test's minutes go).
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 4
 test: deps chromium wrk nginx services $(VENV)/.bench-installed
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
