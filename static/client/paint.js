@@ -52,7 +52,7 @@ window.Inbox = window.Inbox || {};
     return { painted: painted, stale: stale };
   }
 
-  Inbox.paint = { slot: slot, freshCsrf: freshCsrf, paint: paint, first: null };
+  Inbox.paint = { slot: slot, freshCsrf: freshCsrf, paintAll: paintAll, first: null };
   if (!Inbox.store || document.body.dataset.offlineFrom) { return; }
   Inbox.paint.first = paintAll();
   // Listened to by whoever is already there; the rest of the client hears it again once loaded.

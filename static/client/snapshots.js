@@ -25,12 +25,6 @@
 
   function all() { return Array.prototype.slice.call(document.querySelectorAll("[data-cache-key]")); }
 
-  function paint(el, snapshot) {  // after htmx started: it must process what it did not see
-    var fresh = Inbox.paint.paint(el, snapshot);
-    htmx.process(fresh);
-    return fresh;
-  }
-
   function outermost(elements) {
     return elements.filter(function (el) {
       return !elements.some(function (other) { return other !== el && other.contains(el); });
@@ -54,19 +48,13 @@
   // snapshots), and only the ones whose snapshot is missing or older than the page's data-etag
   // are requested.
   function start() {
-    var first = Inbox.paint.first || { painted: [], stale: [] };
-    var stale = first.stale.slice();
-    all().forEach(function (el) {
-      if (first.painted.indexOf(el) !== -1) { return; }
-      if (!el.querySelector("[data-placeholder]")) { save(el); return; }
-      var current = el.dataset.etag || "";
-      var snapshot = store.snapshot(slot(el));
-      if (snapshot) {
-        el = paint(el, snapshot);
-        Inbox.lastSeen = snapshot.at || Inbox.lastSeen;
-      }
-      if (!snapshot || !current || snapshot.etag !== current) { stale.push(el); }
-    });
+    var first = Inbox.paint.first;
+    if (!first) {  // a page the service worker kept: painted now, and htmx has not seen it
+      first = Inbox.paint.paintAll();
+      first.painted.forEach(function (el) { htmx.process(el); });
+    }
+    all().forEach(function (el) { if (first.painted.indexOf(el) === -1) { save(el); } });
+    var stale = first.stale;
     document.dispatchEvent(new CustomEvent("inbox:painted"));
     if (document.body.dataset.offlineFrom) {
       // A page the service worker kept: the server was just unreachable. Asking now would only
